@@ -1,0 +1,230 @@
+"""The ``wsss`` command line. Parses options, builds a config, calls a stage runner; no algorithm code here.
+
+Method options are generated from the config dataclasses (``fg_threshold`` -> ``--fg-threshold``), so the CLI, the
+YAML recipes and ``stage.json`` share one set of names and defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import build_config
+from .errors import WsssError
+
+log = logging.getLogger("wsss")
+
+
+# ------------------------------------------------------------------------------------ option generation
+def _click_type(hint):
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union and type(None) in args:
+        hint = next(a for a in args if a is not type(None))
+    if hint in (int, float, str):
+        return hint
+    return str  # tuples: comma-separated, converted by build_config
+
+
+def method_options(registry: dict):
+    """Decorator adding one option per config field over all methods of ``registry`` (shared names merge)."""
+    fields: dict[str, tuple] = {}
+    for method, spec in registry.items():
+        hints = typing.get_type_hints(spec.config_cls)
+        for f in dataclasses.fields(spec.config_cls):
+            entry = fields.setdefault(f.name, (f, hints[f.name], []))
+            entry[2].append(f"{method}={f.default!r}" if f.default is not None else method)
+
+    def decorate(fn):
+        for name, (f, hint, methods) in sorted(fields.items(), reverse=True):
+            flag = "--" + name.replace("_", "-")
+            help_text = f"{f.metadata.get('help', '')} [{', '.join(methods)}]"
+            if hint is bool:
+                opt = click.Option([f"{flag}/--no-{flag[2:]}", ], default=None, help=help_text)
+            else:
+                choices = f.metadata.get("choices")
+                ctype = click.Choice(list(choices)) if choices else _click_type(hint)
+                opt = click.Option([flag], type=ctype, default=None, help=help_text)
+            fn.__click_params__ = getattr(fn, "__click_params__", []) + [opt]
+        return fn
+
+    return decorate
+
+
+def pick_config(registry: dict, method: str, options: dict):
+    """The chosen method's config from the options the user gave; an option of another method is an error."""
+    spec = registry[method]
+    own = {f.name for f in dataclasses.fields(spec.config_cls)}
+    given = {k: v for k, v in options.items() if v is not None}
+    foreign = sorted(k for k in given if k not in own)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise click.UsageError(f"{flags} does not apply to --method {method}")
+    return build_config(spec.config_cls, given, where=f"--method {method}")
+
+
+def common_stage_options(fn):
+    for opt in reversed([
+        click.option("--dataset", "dataset_path", required=True, type=click.Path(file_okay=False),
+                     help="dataset folder (VOC, folder or CamVid layout; detected)"),
+        click.option("--split", default=None, help="split name (VOC default: trainval; folder default: all ids)"),
+        click.option("--run", "run_dir", default="runs/default", show_default=True, type=click.Path(file_okay=False),
+                     help="run folder; the stage writes RUN/<stage>/<method>/"),
+        click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+                     help="processes over images"),
+        click.option("--overwrite/--no-overwrite", default=False, help="redo the stage folder from scratch"),
+        click.option("--overlays", default=0, show_default=True, type=click.IntRange(0),
+                     help="write colour overlays for the first N images into overlays/"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+# ------------------------------------------------------------------------------------------ reporting
+def quality_row(name: str, summary_or_scores: dict) -> str:
+    q = summary_or_scores or {}
+
+    def fmt(x):
+        return "   -  " if x is None else f"{x:6.2f}"
+
+    return (f"{name:<28} {fmt(q.get('miou'))}  {fmt(q.get('labelled_miou'))}  {fmt(q.get('coverage'))}  "
+            f"{fmt(q.get('mean_precision'))}  {fmt(q.get('mean_recall'))}")
+
+
+QUALITY_HEADER = f"{'stage':<28} {'mIoU':>6}  {'lab.mIoU':>8}{'cover%':>6}  {'prec':>6}  {'recall':>6}"
+
+
+def finish_stage(summary) -> None:
+    """Print the stage's summary; exit 1 when any image failed."""
+    click.echo(f"{summary.stage_dir}: {summary.done} written, {summary.skipped} resumed, "
+               f"{len(summary.failed)} failed, {summary.seconds:.1f}s")
+    if summary.quality:
+        click.echo(QUALITY_HEADER)
+        click.echo(quality_row(f"{summary.stage_dir.parent.name}/{summary.stage_dir.name}", summary.quality))
+    if summary.failed:
+        click.echo(f"{len(summary.failed)} image(s) failed (all listed in manifest.csv and stage.json):", err=True)
+        for image_id, why in summary.failed[:10]:
+            click.echo(f"  {image_id}: {why}", err=True)
+        if len(summary.failed) > 10:
+            click.echo(f"  ... and {len(summary.failed) - 10} more", err=True)
+        sys.exit(1)
+
+
+class WsssGroup(click.Group):
+    """Turns wsss errors into one clear line and exit code 2 instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except WsssError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=WsssGroup)
+@click.version_option(__version__, prog_name="wsss")
+@click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
+def main(verbose: int) -> None:
+    """wsss: from image tags and boxes to pixel masks and a trained segmentation network.
+
+    Stages write inspectable folders RUN/<stage>/<method>/ (stage.json, manifest.csv, masks/, scores/).
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+
+
+def _open(dataset_path, split):
+    from .datasets import open_dataset
+
+    return open_dataset(dataset_path, split)
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+from .stages.seeds import SEED_METHODS  # noqa: E402  (registry is light: no torch import)
+
+
+@main.command()
+@click.option("--method", required=True, type=click.Choice(list(SEED_METHODS)),
+              help="; ".join(f"{k}: {v.summary}" for k, v in SEED_METHODS.items()))
+@common_stage_options
+@method_options(SEED_METHODS)
+def seeds(method, dataset_path, split, run_dir, workers, overwrite, overlays, **options):
+    """Make seed masks with a seed method into RUN/seeds/METHOD/."""
+    from .stages.runner import run_method_stage
+
+    config = pick_config(SEED_METHODS, method, options)
+    dataset = _open(dataset_path, split)
+    summary = run_method_stage("seeds", method, SEED_METHODS[method], config, dataset, Path(run_dir),
+                               workers=workers, overwrite=overwrite, overlays=overlays)
+    finish_stage(summary)
+
+
+# ----------------------------------------------------------------------------------------------- eval
+@main.command("eval")
+@click.argument("masks", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", "dataset_path", required=True, type=click.Path(file_okay=False),
+              help="dataset folder with GT masks")
+@click.option("--split", default=None, help="split to score (default: the layout's whole set)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of tables")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="reader threads")
+def eval_(masks, dataset_path, split, as_json, workers):
+    """Score MASKS (a stage folder or a folder of PNG masks) against GT.
+
+    mIoU counts 255 ("no label") as a miss for the GT class; labelled mIoU leaves such pixels out and is shown
+    beside coverage (share of pixels labelled). GT 255 is ignored.
+    """
+    from .stages.evaluate import evaluate_folder
+
+    result = evaluate_folder(masks, _open(dataset_path, split), workers=workers)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['images']} images scored ({result['missing']} of the split without a mask, "
+               f"{len(result['errors'])} unreadable)")
+    click.echo(f"mIoU {result['miou']:.2f}   labelled mIoU {result['labelled_miou']:.2f}   "
+               f"coverage {result['coverage']:.2f}%   pixel acc. {result['pixel_accuracy']:.2f}")
+    click.echo(f"{'class':<16} {'IoU':>7} {'lab.IoU':>7} {'prec':>7} {'recall':>7}")
+    for name, row in result["per_class"].items():
+        vals = [row[k] for k in ("iou", "labelled_iou", "precision", "recall")]
+        click.echo(f"{name:<16} " + " ".join("    -  " if v is None else f"{v:7.2f}" for v in vals))
+
+
+# ----------------------------------------------------------------------------------------------- data
+@main.command("make-demo-data")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--images", default=60, show_default=True, type=click.IntRange(2), help="number of images")
+@click.option("--size", default="128x160", show_default=True, help="HEIGHTxWIDTH of each image")
+@click.option("--seed", default=0, show_default=True, help="random seed (same seed, same files)")
+def make_demo_data_cmd(directory, images, size, seed):
+    """Generate the synthetic demo dataset (VOC layout, tags, boxes, GT masks) in DIRECTORY."""
+    from .datasets import make_demo_data
+
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("use HEIGHTxWIDTH, e.g. 128x160", param_hint="--size") from None
+    root = make_demo_data(directory, images, size=(h, w), seed=seed)
+    click.echo(f"wrote {images} images to {root}")
+
+
+@main.command()
+@click.option("--run", "run_dir", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="run folder (the generated dataset goes to RUN/data)")
+@click.option("--images", default=60, show_default=True, type=click.IntRange(4), help="demo set size")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--overwrite/--no-overwrite", default=False, help="redo every stage")
+def demo(run_dir, images, workers, overwrite):
+    """Generate the demo dataset and run every stage end to end, then print the quality table."""
+    from .stages.demo import run_demo
+
+    rows = run_demo(Path(run_dir), images=images, workers=workers, overwrite=overwrite, echo=click.echo)
+    click.echo("")
+    click.echo(QUALITY_HEADER)
+    for name, quality in rows:
+        click.echo(quality_row(name, quality))

@@ -1,0 +1,430 @@
+"""Dataset readers (VOC layout, folder layout, CamVid/SegNet layout) and the synthetic demo generator.
+
+Readers never copy data: they index file paths at open time and read one image at a time in :meth:`Dataset.load`,
+which raises :class:`~wsss.errors.ImageError` naming the file at fault. Whole-dataset problems (no such folder, an
+empty split file) raise :class:`~wsss.errors.DatasetError`.
+
+Layouts (detected by :func:`open_dataset`):
+
+* **voc**: ``JPEGImages/<id>.jpg``, optional ``SegmentationClass/<id>.png`` (GT), optional ``Annotations/<id>.xml``
+  (boxes, object names), ``ImageSets/Segmentation/<split>.txt``; optional ``classes.txt`` (else the 21 VOC classes).
+  Image-level tags come from the XML object names, else from the classes present in the GT mask.
+* **folder**: ``images/<id>.<ext>``, ``labels.csv`` (``id,labels`` with space-separated class names),
+  optional ``boxes.csv`` (``id,class,x0,y0,x1,y1``), optional ``masks/<id>.png``, ``classes.txt`` (background
+  first), optional ``splits/<split>.txt`` (else every id of labels.csv).
+* **camvid** (SegNet tutorial): ``<split>/<id>.<ext>``, ``<split>annot/<id>.png``, ``<split>.txt``; CamVid's 11
+  classes, value 11 (void) read as 255. Tags come from the masks.
+
+Boxes are (N, 5) int64 ``[class, x0, y0, x1, y1]`` in pixels with x1/y1 exclusive. VOC XML boxes (1-based,
+inclusive) are converted; every box is clipped to the image; a box with no area left after clipping is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError, ImageError
+from .io import check_image_id, read_image, read_mask
+from .labels import BACKGROUND, IGNORE, builtin_classes, read_class_file
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Sample:
+    """One image with its weak labels: ``image`` (H, W, 3) uint8 RGB, ``image_labels`` sorted class ids
+    (background excluded), ``boxes`` (N, 5) int64, ``gt`` (H, W) uint8 or None."""
+
+    id: str
+    image: np.ndarray | None
+    image_labels: tuple[int, ...]
+    boxes: np.ndarray
+    gt: np.ndarray | None = None
+
+
+@dataclass
+class Dataset:
+    """An indexed dataset split. Use :func:`open_dataset` to make one."""
+
+    root: Path
+    layout: str
+    classes: tuple[str, ...]
+    split: str | None
+    ids: list[str]
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    ignore_values: tuple[int, ...] = ()
+    palette_name: str | None = None
+    _labels_csv: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _boxes_csv: dict[str, list[list[str]]] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------------------------------ paths
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def image_path(self, image_id: str) -> Path:
+        folder = {"voc": "JPEGImages", "folder": "images"}.get(self.layout, self.split or "")
+        base = self.root / folder
+        for ext in IMAGE_EXTENSIONS:
+            path = base / f"{image_id}{ext}"
+            if path.exists():
+                return path
+        return base / f"{image_id}{'.jpg' if self.layout == 'voc' else '.png'}"
+
+    def gt_path(self, image_id: str) -> Path | None:
+        if self.layout == "voc":
+            path = self.root / "SegmentationClass" / f"{image_id}.png"
+        elif self.layout == "folder":
+            path = self.root / "masks" / f"{image_id}.png"
+        else:
+            path = self.root / f"{self.split}annot" / f"{image_id}.png"
+        return path if path.exists() else None
+
+    @property
+    def has_gt(self) -> bool:
+        return any(self.gt_path(i) is not None for i in self.ids[:50])
+
+    def describe(self) -> dict:
+        return {"path": str(self.root), "layout": self.layout, "split": self.split, "images": len(self.ids),
+                "classes": len(self.classes)}
+
+    # ------------------------------------------------------------------------------------------ loading
+    def class_id(self, name: str, where: Path | str) -> int:
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise ImageError(
+                f"{where}: unknown class name {name!r}; known classes are {', '.join(self.classes[1:])}. "
+                "Fix the name or add it to the classes file"
+            ) from None
+
+    def load_gt(self, image_id: str, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+        """The GT mask (H, W) uint8 with void as 255, or None when the dataset has none for this image."""
+        path = self.gt_path(image_id)
+        if path is None:
+            return None
+        mask = read_mask(path, self.num_classes, ignore_values=self.ignore_values)
+        if shape is not None and mask.shape != tuple(shape):
+            raise ImageError(
+                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}; "
+                "the mask must have the image's size (re-export it or remove it)"
+            )
+        return mask
+
+    def load(self, image_id: str, *, image: bool = True, gt: bool = True) -> Sample:
+        """Read one image with its tags, boxes and (optionally) GT. Raises :class:`ImageError` on bad input."""
+        check_image_id(image_id)
+        img = read_image(self.image_path(image_id)) if image else None
+        shape = img.shape[:2] if img is not None else None
+        mask = self.load_gt(image_id, shape) if (gt or self.layout == "camvid") else None
+        if self.layout == "voc":
+            labels, boxes = self._voc_annotation(image_id, mask, shape)
+        elif self.layout == "folder":
+            labels, boxes = self._folder_annotation(image_id, shape)
+        else:
+            labels, boxes = _labels_from_mask(mask), np.zeros((0, 5), np.int64)
+        return Sample(image_id, img, labels, boxes, mask if gt else None)
+
+    def _voc_annotation(self, image_id, mask, shape):
+        xml_path = self.root / "Annotations" / f"{image_id}.xml"
+        boxes = []
+        names = []
+        if xml_path.exists():
+            try:
+                root = ET.parse(xml_path).getroot()
+            except ET.ParseError as exc:
+                raise ImageError(f"{xml_path}: broken XML ({exc}); fix or delete the annotation file") from None
+            for obj in root.iter("object"):
+                name = (obj.findtext("name") or "").strip()
+                cls = self.class_id(name, xml_path)
+                names.append(cls)
+                bb = obj.find("bndbox")
+                if bb is not None:
+                    try:
+                        x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                    except (TypeError, ValueError):
+                        raise ImageError(f"{xml_path}: object {name!r} has a bndbox without numeric "
+                                         "xmin/ymin/xmax/ymax; fix the annotation") from None
+                    # VOC: 1-based inclusive -> 0-based, x1/y1 exclusive
+                    boxes.append([cls, round(x0) - 1, round(y0) - 1, round(x1), round(y1)])
+            labels = tuple(sorted(set(names)))
+        elif mask is not None:
+            labels = _labels_from_mask(mask)
+        else:
+            gt = self.gt_path(image_id)
+            if gt is None:
+                raise ImageError(
+                    f"{xml_path}: no annotation and no GT mask for {image_id!r}; image-level tags come from "
+                    "Annotations/<id>.xml or SegmentationClass/<id>.png, add one of them"
+                )
+            labels = _labels_from_mask(read_mask(gt, self.num_classes))
+        return labels, _clip_boxes(np.asarray(boxes, np.int64).reshape(-1, 5), shape, xml_path)
+
+    def _folder_annotation(self, image_id, shape):
+        where = self.root / "labels.csv"
+        if image_id not in self._labels_csv:
+            raise ImageError(f"{where}: no row for image {image_id!r}; add '{image_id},<class names>'")
+        labels = tuple(sorted({self.class_id(n, where) for n in self._labels_csv[image_id]}))
+        rows = []
+        boxes_csv = self.root / "boxes.csv"
+        for row in self._boxes_csv.get(image_id, []):
+            cls = self.class_id(row[0], boxes_csv)
+            try:
+                rows.append([cls, *(round(float(v)) for v in row[1:5])])
+            except (ValueError, IndexError):
+                raise ImageError(f"{boxes_csv}: row {[image_id, *row]} needs id,class,x0,y0,x1,y1 numbers") from None
+        return labels, _clip_boxes(np.asarray(rows, np.int64).reshape(-1, 5), shape, boxes_csv)
+
+
+def _labels_from_mask(mask: np.ndarray | None) -> tuple[int, ...]:
+    if mask is None:
+        return ()
+    values = np.unique(mask)
+    return tuple(int(v) for v in values if v not in (BACKGROUND, IGNORE))
+
+
+def _clip_boxes(boxes: np.ndarray, shape, where) -> np.ndarray:
+    """Clip boxes to the image; a box left with no area is an :class:`ImageError` naming the file."""
+    if shape is None or len(boxes) == 0:
+        return boxes
+    h, w = shape
+    out = boxes.copy()
+    out[:, 1] = np.clip(out[:, 1], 0, w)
+    out[:, 3] = np.clip(out[:, 3], 0, w)
+    out[:, 2] = np.clip(out[:, 2], 0, h)
+    out[:, 4] = np.clip(out[:, 4], 0, h)
+    empty = (out[:, 3] <= out[:, 1]) | (out[:, 4] <= out[:, 2])
+    if empty.any():
+        bad = boxes[empty][0].tolist()
+        raise ImageError(
+            f"{where}: box [class, x0, y0, x1, y1] = {bad} has no area inside the {w}x{h} image; fix or remove it"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- opening
+def detect_layout(root: Path) -> str:
+    if (root / "JPEGImages").is_dir():
+        return "voc"
+    if (root / "images").is_dir() and (root / "labels.csv").exists():
+        return "folder"
+    if any((root / f"{s}annot").is_dir() for s in ("train", "val", "test")):
+        return "camvid"
+    raise DatasetError(
+        f"{root}: not a dataset folder; expected a VOC layout (JPEGImages/), a folder layout (images/ + "
+        "labels.csv) or a CamVid layout (train/ + trainannot/). Make one with 'wsss make-demo-data DIR'"
+    )
+
+
+def open_dataset(path: str | Path, split: str | None = None) -> Dataset:
+    """Open a dataset folder (layout detected) restricted to ``split`` (None: the whole set)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found; check --dataset")
+    layout = detect_layout(root)
+    if layout == "voc":
+        classes = read_class_file(root / "classes.txt") if (root / "classes.txt").exists() else builtin_classes("voc")
+        split_dir = root / "ImageSets" / "Segmentation"
+        split = split or "trainval"
+        ids, problems = _read_split(split_dir / f"{split}.txt", split_dir)
+        return Dataset(root, layout, classes, split, ids, problems)
+    if layout == "camvid":
+        if split is None:
+            raise DatasetError(f"{root}: CamVid layout needs --split (train, val or test)")
+        ids, problems = _read_split(root / f"{split}.txt", root)
+        classes = builtin_classes("camvid")
+        return Dataset(root, layout, classes, split, ids, problems, ignore_values=(len(classes),),
+                       palette_name="camvid")
+    # folder layout
+    if not (root / "classes.txt").exists():
+        raise DatasetError(f"{root / 'classes.txt'}: missing; list the class names one a line, background first")
+    classes = read_class_file(root / "classes.txt")
+    labels_csv: dict[str, list[str]] = {}
+    order: list[str] = []
+    with open(root / "labels.csv", newline="") as fh:
+        for row in csv.reader(fh):
+            if not row or row[0].strip().lower() == "id" or row[0].startswith("#"):
+                continue
+            image_id = row[0].strip()
+            if image_id not in labels_csv:
+                order.append(image_id)
+            labels_csv[image_id] = " ".join(row[1:]).split()
+    boxes_csv: dict[str, list[list[str]]] = {}
+    if (root / "boxes.csv").exists():
+        with open(root / "boxes.csv", newline="") as fh:
+            for row in csv.reader(fh):
+                if not row or row[0].strip().lower() == "id" or row[0].startswith("#"):
+                    continue
+                boxes_csv.setdefault(row[0].strip(), []).append([c.strip() for c in row[1:]])
+    if split is not None and split != "all":
+        ids, problems = _read_split(root / "splits" / f"{split}.txt", root / "splits")
+    else:
+        ids, problems = _dedupe(order, root / "labels.csv")
+        if not ids:
+            raise DatasetError(f"{root / 'labels.csv'}: no images listed; add rows 'id,class names'")
+    return Dataset(root, layout, classes, split, ids, problems, _labels_csv=labels_csv, _boxes_csv=boxes_csv)
+
+
+def _read_split(path: Path, split_dir: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    if not path.exists():
+        have = sorted(p.stem for p in split_dir.glob("*.txt")) if split_dir.is_dir() else []
+        raise DatasetError(f"{path}: split file not found; available splits: {', '.join(have) or 'none'}")
+    raw = [ln.strip() for ln in path.read_text().splitlines()]
+    raw = [ln.split()[0] for ln in raw if ln and not ln.startswith("#")]
+    if not raw:
+        raise DatasetError(f"{path}: split file is empty; list one image id a line")
+    return _dedupe(raw, path)
+
+
+def _dedupe(raw: list[str], where: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    ids, problems, seen = [], [], set()
+    for lineno, image_id in enumerate(raw, 1):
+        if image_id in seen:
+            problems.append((image_id, f"{where}: line {lineno}: duplicate id {image_id!r}; it is processed once, "
+                                       "delete the repeated line"))
+            continue
+        seen.add(image_id)
+        try:
+            check_image_id(image_id, str(where))
+        except ImageError as exc:
+            problems.append((image_id, str(exc)))
+            continue
+        ids.append(image_id)
+    return ids, problems
+
+
+# ---------------------------------------------------------------------------------------- demo dataset
+DEMO_CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
+# each class: a base hue (OpenCV 0..179) and a texture; colours are jittered per instance
+_DEMO_STYLE = {1: (0, "plain"), 2: (30, "stripes"), 3: (60, "dots"), 4: (100, "plain"), 5: (140, "checker")}
+
+
+def _texture(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A (h, w) float texture in [-1, 1]."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    period = rng.uniform(5, 10)
+    angle = rng.uniform(0, np.pi)
+    if kind == "stripes":
+        return np.sign(np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period))
+    if kind == "dots":
+        return (np.sin(xx * 2 * np.pi / period) * np.sin(yy * 2 * np.pi / period) > 0.5).astype(np.float32) * 2 - 1
+    if kind == "checker":
+        return ((np.floor(xx / period) + np.floor(yy / period)) % 2) * 2 - 1
+    return np.zeros((h, w), np.float32)
+
+
+def _hsv_colour(hue: float, sat: float, val: float) -> np.ndarray:
+    import cv2
+
+    hsv = np.array([[[hue % 180, np.clip(sat, 0, 255), np.clip(val, 0, 255)]]], np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _shape_mask(cls: int, h: int, w: int, cx: int, cy: int, r: int, rng: np.random.Generator) -> np.ndarray:
+    import cv2
+
+    m = np.zeros((h, w), np.uint8)
+    if cls == 1:  # disc
+        cv2.ellipse(m, (cx, cy), (r, int(r * rng.uniform(0.7, 1.0))), rng.uniform(0, 180), 0, 360, 1, -1)
+    elif cls == 2:  # square (rotated)
+        box = cv2.boxPoints(((cx, cy), (2 * r * 0.9, 2 * r * rng.uniform(0.75, 0.95)), rng.uniform(0, 90)))
+        cv2.fillPoly(m, [box.astype(np.int32)], 1)
+    elif cls == 3:  # triangle
+        a0 = rng.uniform(0, 2 * np.pi)
+        pts = [(cx + r * np.cos(a0 + k * 2 * np.pi / 3), cy + r * np.sin(a0 + k * 2 * np.pi / 3)) for k in range(3)]
+        cv2.fillPoly(m, [np.array(pts, np.int32)], 1)
+    elif cls == 4:  # ring
+        cv2.circle(m, (cx, cy), r, 1, -1)
+        cv2.circle(m, (cx, cy), max(2, int(r * rng.uniform(0.4, 0.55))), 0, -1)
+    else:  # cross
+        t = max(3, int(r * 0.35))
+        cv2.rectangle(m, (cx - r, cy - t), (cx + r, cy + t), 1, -1)
+        cv2.rectangle(m, (cx - t, cy - r), (cx + t, cy + r), 1, -1)
+    return m
+
+
+def make_demo_scene(rng: np.random.Generator, size: tuple[int, int] = (128, 160), max_objects: int = 3):
+    """One synthetic scene: ``(image (H, W, 3) uint8, gt (H, W) uint8, boxes (N, 5) int64)``.
+
+    Objects of the demo classes (shape + class hue + class texture, colours jittered) lie on a textured background
+    of random colour and brightness with class-less clutter blobs, so that a global threshold alone cannot separate
+    them. Boxes are the extents of each instance's visible pixels (x1/y1 exclusive).
+    """
+    import cv2
+
+    h, w = size
+    base = _hsv_colour(rng.uniform(0, 180), rng.uniform(20, 120), rng.uniform(60, 200))
+    grad = np.linspace(-1, 1, w, dtype=np.float32)[None, :] * rng.uniform(-30, 30)
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), rng.uniform(1.5, 4)) * 18
+    img = base[None, None, :] + (grad + noise)[..., None]
+    for _ in range(rng.integers(1, 4)):  # clutter: soft blobs in random colours, never labelled
+        blob = np.zeros((h, w), np.float32)
+        cv2.circle(blob, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(6, h // 4)), 1.0, -1)
+        blob = cv2.GaussianBlur(blob, (0, 0), 4)[..., None]
+        colour = _hsv_colour(rng.uniform(0, 180), rng.uniform(0, 60), rng.uniform(40, 230))
+        img = img * (1 - 0.7 * blob) + colour * 0.7 * blob
+    gt = np.zeros((h, w), np.uint8)
+    instances = np.zeros((h, w), np.int32)
+    n = int(rng.integers(1, max_objects + 1))
+    classes = rng.choice(np.arange(1, len(DEMO_CLASSES)), size=n, replace=n > len(DEMO_CLASSES) - 1)
+    for k, cls in enumerate(classes, 1):
+        r = int(rng.uniform(0.14, 0.26) * min(h, w))
+        cx, cy = int(rng.integers(r, w - r)), int(rng.integers(r, h - r))
+        m = _shape_mask(int(cls), h, w, cx, cy, r, rng).astype(bool)
+        hue, tex = _DEMO_STYLE[int(cls)]
+        colour = _hsv_colour(hue + rng.uniform(-8, 8), rng.uniform(140, 230), rng.uniform(90, 240))
+        pattern = _texture(tex, h, w, rng)[..., None] * rng.uniform(20, 40)
+        obj = colour[None, None, :] + pattern + rng.normal(0, 6, (h, w, 1))
+        img[m] = obj[m]
+        gt[m] = cls
+        instances[m] = k
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    boxes = []
+    for k, cls in enumerate(classes, 1):
+        ys, xs = np.nonzero(instances == k)
+        if len(xs) >= 20:
+            boxes.append([int(cls), xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return img, gt, np.asarray(boxes, np.int64).reshape(-1, 5)
+
+
+def make_demo_data(root: str | Path, num_images: int = 60, *, size: tuple[int, int] = (128, 160), seed: int = 0,
+                   val_fraction: float = 0.25) -> Path:
+    """Write a seeded synthetic dataset in VOC layout (images, GT masks, XML boxes, splits, classes.txt).
+
+    Deterministic for a given ``seed``: the same call writes the same files. Returns the dataset root.
+    """
+    from .io import write_bytes, write_jpeg, write_mask
+
+    root = Path(root)
+    for sub in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    write_bytes(root / "classes.txt", ("\n".join(DEMO_CLASSES) + "\n").encode())
+    rng = np.random.default_rng(seed)
+    ids = []
+    for k in range(num_images):
+        image_id = f"demo_{k:04d}"
+        img, gt, boxes = make_demo_scene(rng, size)
+        write_jpeg(root / "JPEGImages" / f"{image_id}.jpg", img, quality=92)
+        write_mask(root / "SegmentationClass" / f"{image_id}.png", gt)
+        write_bytes(root / "Annotations" / f"{image_id}.xml", _voc_xml(image_id, img.shape, boxes).encode())
+        ids.append(image_id)
+    n_val = max(1, int(round(num_images * val_fraction)))
+    splits = {"train": ids[:-n_val], "val": ids[-n_val:], "trainval": ids}
+    for name, members in splits.items():
+        write_bytes(root / "ImageSets" / "Segmentation" / f"{name}.txt", ("\n".join(members) + "\n").encode())
+    return root
+
+
+def _voc_xml(image_id: str, shape, boxes: np.ndarray) -> str:
+    objects = "".join(
+        f"  <object><name>{DEMO_CLASSES[c]}</name><difficult>0</difficult><bndbox><xmin>{x0 + 1}</xmin>"
+        f"<ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>\n"
+        for c, x0, y0, x1, y1 in boxes.tolist()
+    )
+    return (f"<annotation>\n  <filename>{image_id}.jpg</filename>\n  <size><width>{shape[1]}</width>"
+            f"<height>{shape[0]}</height><depth>3</depth></size>\n{objects}</annotation>\n")

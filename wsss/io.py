@@ -1,0 +1,248 @@
+"""File I/O: images, palette masks, score maps, JSON/CSV, all written atomically.
+
+Every writer goes through :func:`atomic_write`: the bytes land in a temporary file in the same folder, which is
+then renamed over the target with ``os.replace``. A killed process leaves the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from .errors import ImageError, UnsafeFileError, WsssError
+from .labels import IGNORE, palette_for
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$")
+
+
+def check_image_id(image_id: str, where: str = "") -> str:
+    """Return ``image_id`` if it is a safe file stem, else raise :class:`ImageError`.
+
+    Ids become file names inside a stage folder, so path separators, ``..``, leading dots and anything other than
+    letters, digits, ``_ . + -`` are rejected: no file is ever written outside the stage folder.
+    """
+    if not image_id or ".." in image_id or not _ID_PATTERN.match(image_id):
+        src = f" in {where}" if where else ""
+        raise ImageError(
+            f"image id {image_id!r}{src} is not a plain file stem: use letters, digits and _ . + - only "
+            "(no '/', '\\\\' or '..')"
+        )
+    return image_id
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
+    """Open a temporary file beside ``path``; on success rename it over ``path``, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise WsssError(
+                f"{path}: no space left on the device; free some space and re-run (finished outputs are kept "
+                "and the run resumes)"
+            ) from exc
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path) as fh:
+        fh.write(data)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | os.PathLike):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows: list[list]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_bytes(path, buf.getvalue().encode())
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --------------------------------------------------------------------------------------------------- images
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB.
+
+    Conversions (documented behaviour): grayscale is repeated to three channels; RGBA / LA drop alpha; palette
+    images are expanded through their palette; 16-bit and 32-bit integer images are scaled to 0..255 by their
+    bit depth (``value >> 8`` for 16-bit). A missing, unreadable or truncated file raises :class:`ImageError`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: image file not found; check the id in the split file or add the image")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(
+            f"{path}: cannot decode image ({exc}); the file is corrupt or truncated: re-export or remove it"
+        ) from exc
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.uint16) >> 8
+        return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=2)
+    if mode in ("I", "F"):
+        arr = np.asarray(img)
+        hi = 65535 if arr.max(initial=0) > 255 else 255
+        arr = np.clip(arr.astype(np.float64) * 255.0 / hi, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode != "RGB":
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------------- masks
+def read_mask(path: str | os.PathLike, num_classes: int | None = None, *, ignore_values: tuple[int, ...] = ()) -> np.ndarray:
+    """Read a label mask as (H, W) uint8.
+
+    Palette PNGs give their indices, grayscale PNGs their values. Values listed in ``ignore_values`` become 255.
+    With ``num_classes`` given, any value outside ``{0..num_classes-1, 255}`` raises :class:`ImageError`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: mask file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("P", "L", "I;16", "I", "1"):
+                raise ImageError(
+                    f"{path}: mask has mode {img.mode}; save masks as palette (P) or grayscale (L) PNGs whose "
+                    "pixel values are class ids"
+                )
+            mask = np.asarray(img)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot decode mask ({exc}); re-export it as a PNG") from exc
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    if mask.max(initial=0) > 255:
+        raise ImageError(f"{path}: mask values up to {mask.max()} do not fit uint8 labels (0..254, 255 = ignore)")
+    mask = mask.astype(np.uint8)
+    for value in ignore_values:
+        mask[mask == value] = IGNORE
+    if num_classes is not None:
+        bad = (mask >= num_classes) & (mask != IGNORE)
+        if bad.any():
+            values = sorted(np.unique(mask[bad]).tolist())
+            raise ImageError(
+                f"{path}: mask values {values[:8]} are outside 0..{num_classes - 1} and 255; relabel them or "
+                "fix the class list"
+            )
+    return mask
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write an (H, W) uint8 mask as a palette PNG (atomically)."""
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W) uint8, got {mask.shape} {mask.dtype}")
+    img = Image.fromarray(mask, mode="P")
+    img.putpalette((palette if palette is not None else palette_for(256)).reshape(-1).tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=1)
+    write_bytes(path, buf.getvalue())
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an (H, W) or (H, W, 3) uint8 array as a PNG (atomically)."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    write_bytes(path, buf.getvalue())
+
+
+def write_jpeg(path: str | os.PathLike, array: np.ndarray, quality: int = 90) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
+    write_bytes(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------- scores
+def write_scores(path: str | os.PathLike, scores: np.ndarray, class_ids) -> None:
+    """Write (K, H, W) score maps as float16 plus their class ids to an ``.npz`` (atomically, no pickles)."""
+    scores = np.asarray(scores)
+    class_ids = np.asarray(class_ids, dtype=np.int32).reshape(-1)
+    if scores.ndim != 3 or scores.shape[0] != class_ids.size:
+        raise ValueError(f"scores {scores.shape} do not match {class_ids.size} class ids")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, scores=scores.astype(np.float16), class_ids=class_ids)
+    write_bytes(path, buf.getvalue())
+
+
+def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(scores (K, H, W) float32, class_ids (K,) int)`` from an ``.npz``; pickled content is refused."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "scores" not in data.files or "class_ids" not in data.files:
+                raise UnsafeFileError(f"{path}: not a wsss scores file (keys {data.files}); re-run the stage")
+            scores = data["scores"].astype(np.float32)
+            class_ids = data["class_ids"].astype(np.int64)
+    except UnsafeFileError:
+        raise
+    except FileNotFoundError as exc:
+        raise ImageError(f"{path}: scores file not found; re-run the upstream stage") from exc
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise UnsafeFileError(
+            f"{path}: not a plain numeric .npz ({exc}); it may be corrupt or tampered with: delete it and re-run "
+            "the stage that wrote it"
+        ) from exc
+    if scores.ndim != 3 or scores.shape[0] != class_ids.size:
+        raise UnsafeFileError(f"{path}: scores {scores.shape} do not match class ids {class_ids.shape}")
+    return scores, class_ids

@@ -1,0 +1,1 @@
+"""Seed methods: pure functions on arrays (and their small nets)."""

@@ -1,0 +1,1 @@
+"""Stage runners: iterate images, workers, resume, manifest, quality table. No algorithm code lives here."""

@@ -1,0 +1,30 @@
+"""``wsss demo``: the generated dataset through every stage that exists, into one run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..datasets import make_demo_data, open_dataset
+from ..errors import StageError
+from .runner import run_method_stage
+from .seeds import SEED_METHODS
+
+
+def run_demo(run_dir: Path, *, images: int = 60, workers: int = 2, overwrite: bool = False,
+             echo: Callable[[str], None] = print) -> list[tuple[str, dict | None]]:
+    """Make (or reuse) ``run_dir/data`` and run the stages; returns ``[(stage name, quality dict)]``."""
+    from ..config import ThresholdConfig
+
+    data = run_dir / "data"
+    if not (data / "ImageSets" / "Segmentation" / "trainval.txt").exists():
+        echo(f"generating {images} demo images in {data}")
+        make_demo_data(data, images)
+    dataset = open_dataset(data, "trainval")
+    rows = []
+    summary = run_method_stage("seeds", "threshold", SEED_METHODS["threshold"], ThresholdConfig(), dataset,
+                               run_dir, workers=workers, overwrite=overwrite, overlays=8)
+    if summary.failed:
+        raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
+    rows.append(("seeds/threshold", summary.quality))
+    return rows

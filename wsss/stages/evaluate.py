@@ -1,0 +1,50 @@
+"""``wsss eval``: score any mask folder against a dataset's GT (confusion matrix summed over the set)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import Dataset
+from ..errors import StageError, WsssError
+from ..metrics import confusion_matrix, scores_from_confusion
+from .folder import StageFolder
+
+
+def _one(args):
+    folder, dataset, image_id = args
+    try:
+        gt = dataset.load_gt(image_id)
+        if gt is None:
+            return image_id, None, "no GT mask"
+        pred = folder.mask(image_id)
+        if pred.shape != gt.shape:
+            return image_id, None, f"mask {pred.shape} and GT {gt.shape} differ in size"
+        return image_id, confusion_matrix(gt, pred, dataset.num_classes), ""
+    except (WsssError, ValueError) as exc:
+        return image_id, None, str(exc)
+
+
+def evaluate_folder(path: str | Path, dataset: Dataset, *, workers: int = 2) -> dict:
+    """mIoU etc. of the masks in ``path`` (stage folder or folder of PNGs) over the dataset split's ids.
+
+    Images of the split with no usable prediction are listed under ``missing``; they are left out of the scores.
+    """
+    folder = StageFolder.open(path)
+    ids = [i for i in dataset.ids if folder.has(i)]
+    missing = [i for i in dataset.ids if not folder.has(i)]
+    if not ids:
+        raise StageError(f"{path}: none of the {len(dataset.ids)} images of split {dataset.split!r} has a mask "
+                         "here; check --dataset/--split")
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(pool.map(_one, [(folder, dataset, i) for i in ids]))
+    cms = [cm for _, cm, _ in results if cm is not None]
+    errors = [{"image_id": i, "reason": why} for i, cm, why in results if cm is None]
+    if not cms:
+        raise StageError(f"{path}: no image could be scored against GT ({errors[:3]})")
+    out = scores_from_confusion(np.sum(cms, axis=0), dataset.classes)
+    out.update({"images": len(cms), "missing": len(missing), "errors": errors, "masks": str(path),
+                "dataset": dataset.describe()})
+    return out

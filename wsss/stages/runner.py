@@ -1,0 +1,305 @@
+"""The per-image stage runner shared by every stage that maps images to masks.
+
+What it guarantees (DESIGN.md, stage-folder contract):
+
+* outputs are written atomically, scores first and the mask last, so an existing mask means a finished image;
+* re-running skips finished images when ``stage.json`` holds the same config hash; another hash is refused with a
+  clear message unless ``overwrite`` is set, which clears the folder first;
+* a bad image is recorded (manifest + ``stage.json``) and the run goes on; the caller exits non-zero;
+* ``workers > 1`` uses a process pool; under ``torchrun`` (``WORLD_SIZE`` > 1) images are sharded by ``RANK`` and
+  rank 0 merges the shards into one manifest;
+* when the dataset has GT, a quality table (mIoU, labelled mIoU, coverage, precision/recall) goes into stage.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from ..config import config_hash, config_to_dict
+from ..datasets import Dataset, Sample
+from ..errors import ImageError, StageError, WsssError
+from ..io import read_json, read_mask, write_csv, write_jpeg, write_json, write_mask, write_png, write_scores
+from ..labels import IGNORE, palette_for
+from ..metrics import confusion_matrix, scores_from_confusion
+from .folder import StageFolder
+
+log = logging.getLogger(__name__)
+
+MANIFEST_HEADER = ["image_id", "mask", "scores", "status", "error", "seconds"]
+
+
+@dataclass
+class ImageResult:
+    """What a job returns for one image: the mask, optional (K, H, W) scores with class ids, optional extra
+    uint8 images written as ``<folder>/<id>.png`` (e.g. ``{"saliency": map}``)."""
+
+    mask: np.ndarray
+    scores: np.ndarray | None = None
+    class_ids: Any = None
+    pngs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class StageSummary:
+    stage_dir: Path
+    total: int
+    done: int
+    skipped: int
+    failed: list[tuple[str, str]]
+    quality: dict | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun's environment variables (``(0, 1)`` outside torchrun)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def prepare_stage_dir(stage_dir: Path, *, stage: str, method: str, config, dataset: Dataset,
+                      upstream: dict[str, StageFolder] | None = None, overwrite: bool = False) -> str:
+    """Check or start ``stage.json``; returns the config hash. Refuses a folder made with another config."""
+    stage_dir = Path(stage_dir)
+    upstream = upstream or {}
+    inputs = {"dataset": dataset.describe(), "upstream": {k: str(v.path) for k, v in upstream.items()}}
+    digest = config_hash(stage, method, config_to_dict(config), inputs)
+    rank, world = dist_info()
+    info_path = stage_dir / "stage.json"
+    if rank != 0:  # wait for rank 0 to have prepared the folder
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if info_path.exists() and read_json(info_path).get("config_hash") == digest:
+                return digest
+            time.sleep(0.2)
+        raise StageError(f"{info_path}: rank 0 did not prepare the stage folder within 10 minutes")
+    if info_path.exists():
+        old = read_json(info_path)
+        if old.get("config_hash") != digest:
+            if not overwrite:
+                raise StageError(
+                    f"{stage_dir}: this stage folder was made with another config or input "
+                    f"(hash {old.get('config_hash')} vs {digest}); pass --overwrite to redo it, or use another --run"
+                )
+            log.warning("overwriting %s (config changed)", stage_dir)
+            shutil.rmtree(stage_dir)
+    elif overwrite and stage_dir.exists() and any(stage_dir.iterdir()):
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    if not info_path.exists():
+        write_json(info_path, {
+            "stage": stage, "method": method, "wsss_version": __version__, "status": "running",
+            "config_hash": digest, "config": config_to_dict(config), "inputs": inputs,
+        })
+    return digest
+
+
+# --------------------------------------------------------------------------------------------- workers
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(ctx: dict) -> None:
+    _WORKER.clear()
+    _WORKER.update(ctx)
+    if ctx.get("torch_threads"):
+        try:
+            import torch
+
+            torch.set_num_threads(ctx["torch_threads"])
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+
+
+def _process_one(image_id: str) -> dict:
+    ctx = _WORKER
+    stage_dir: Path = ctx["stage_dir"]
+    dataset: Dataset = ctx["dataset"]
+    t0 = time.perf_counter()
+    record = {"image_id": image_id, "mask": f"masks/{image_id}.png", "scores": "", "status": "ok", "error": "",
+              "seconds": 0.0, "cm": None}
+    mask_path = stage_dir / record["mask"]
+    try:
+        if mask_path.exists() and not ctx["force"]:  # finished in an earlier run: only re-evaluate
+            record["status"] = "ok"
+            if ctx["scores"]:
+                record["scores"] = f"scores/{image_id}.npz"
+            if ctx["evaluate"]:
+                gt = dataset.load_gt(image_id)
+                if gt is not None:
+                    mask = read_mask(mask_path)
+                    if mask.shape != gt.shape:
+                        raise ImageError(f"{dataset.gt_path(image_id)}: GT size {gt.shape} differs from the mask "
+                                         f"{mask_path} {mask.shape}")
+                    record["cm"] = confusion_matrix(gt, mask, dataset.num_classes)
+            record["resumed"] = True
+            return record
+        sample: Sample = dataset.load(image_id, image=ctx["job"].needs_image, gt=True)
+        result: ImageResult = ctx["job"](sample, ctx["upstream"])
+        mask = np.asarray(result.mask)
+        shape = sample.image.shape[:2] if sample.image is not None else (sample.gt.shape if sample.gt is not None
+                                                                          else mask.shape)
+        if mask.dtype != np.uint8 or mask.shape != tuple(shape):
+            raise WsssError(f"internal: job returned a {mask.dtype} mask of {mask.shape} for a {shape} image")
+        bad = (mask >= dataset.num_classes) & (mask != IGNORE)
+        if bad.any():
+            raise WsssError(f"internal: job returned labels {np.unique(mask[bad])[:5].tolist()} outside the classes")
+        if result.scores is not None:
+            record["scores"] = f"scores/{image_id}.npz"
+            write_scores(stage_dir / record["scores"], result.scores, result.class_ids)
+        for folder, array in result.pngs.items():
+            write_png(stage_dir / folder / f"{image_id}.png", array)
+        if image_id in ctx["overlay_ids"] and sample.image is not None:
+            from ..report import overlay
+
+            write_jpeg(stage_dir / "overlays" / f"{image_id}.jpg", overlay(sample.image, mask, ctx["palette"]))
+        write_mask(mask_path, mask, ctx["palette"])  # last: its presence marks the image finished
+        if ctx["evaluate"] and sample.gt is not None:
+            record["cm"] = confusion_matrix(sample.gt, mask, dataset.num_classes)
+    except WsssError as exc:
+        record.update(status="failed", error=str(exc), mask="", scores="")
+    except Exception as exc:  # noqa: BLE001 - one image's bug must not lose the others' work
+        log.debug("image %s failed:\n%s", image_id, traceback.format_exc())
+        record.update(status="failed", error=f"internal error {type(exc).__name__}: {exc}", mask="", scores="")
+    record["seconds"] = round(time.perf_counter() - t0, 4)
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ runner
+def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict], ImageResult],
+               upstream: dict[str, StageFolder] | None = None, workers: int = 1, writes_scores: bool = False,
+               overlays: int = 0, torch_threads: int | None = None, extra_info: dict | None = None,
+               desc: str | None = None) -> StageSummary:
+    """Run ``job`` over every image of ``dataset`` into ``stage_dir`` (prepared by :func:`prepare_stage_dir`).
+
+    ``job(sample, upstream)`` must be picklable for ``workers > 1`` and carry ``needs_image`` (bool).
+    """
+    from tqdm import tqdm
+
+    stage_dir = Path(stage_dir)
+    rank, world = dist_info()
+    ids = dataset.ids[rank::world] if world > 1 else list(dataset.ids)
+    ctx = {
+        "stage_dir": stage_dir, "dataset": dataset, "job": job, "upstream": upstream or {},
+        "scores": writes_scores, "evaluate": True, "force": False,
+        "overlay_ids": set(dataset.ids[:overlays]), "torch_threads": torch_threads,
+        "palette": palette_for(256, dataset.palette_name),
+    }
+    t0 = time.perf_counter()
+    records: list[dict] = []
+    bar = dict(total=len(ids), desc=desc or stage_dir.name, unit="img", disable=None, dynamic_ncols=True)
+    if workers <= 1 or len(ids) <= 1:
+        _init_worker(ctx)
+        for image_id in tqdm(ids, **bar):
+            records.append(_process_one(image_id))
+    else:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(ctx,)) as pool:
+            chunk = max(1, min(16, len(ids) // (workers * 8)))
+            for record in tqdm(pool.map(_process_one, ids, chunksize=chunk), **bar):
+                records.append(record)
+    seconds = time.perf_counter() - t0
+    if world > 1:
+        return _merge_ranks(stage_dir, dataset, records, seconds, rank, world, extra_info)
+    return _finish(stage_dir, dataset, records, seconds, extra_info)
+
+
+def _merge_ranks(stage_dir, dataset, records, seconds, rank, world, extra_info) -> StageSummary:
+    parts = stage_dir / ".parts"
+    plain = [{**r, "cm": None if r["cm"] is None else np.asarray(r["cm"]).tolist()} for r in records]
+    write_json(parts / f"rank{rank}.json", {"seconds": seconds, "records": plain})
+    if rank != 0:
+        failed = [(r["image_id"], r["error"]) for r in records if r["status"] != "ok"]
+        return StageSummary(stage_dir, len(records), 0, 0, failed, None, seconds)
+    deadline = time.time() + 24 * 3600
+    while not all((parts / f"rank{r}.json").exists() for r in range(world)):
+        if time.time() > deadline:
+            raise StageError(f"{parts}: not every rank finished")
+        time.sleep(0.5)
+    merged, slowest = [], seconds
+    for r in range(world):
+        part = read_json(parts / f"rank{r}.json")
+        slowest = max(slowest, part["seconds"])
+        merged += [{**rec, "cm": None if rec["cm"] is None else np.asarray(rec["cm"], np.int64)}
+                   for rec in part["records"]]
+    shutil.rmtree(parts, ignore_errors=True)
+    order = {i: k for k, i in enumerate(dataset.ids)}
+    merged.sort(key=lambda rec: order.get(rec["image_id"], 0))
+    return _finish(stage_dir, dataset, merged, slowest, {**(extra_info or {}), "world_size": world})
+
+
+def _finish(stage_dir: Path, dataset: Dataset, records: list[dict], seconds: float,
+            extra_info: dict | None) -> StageSummary:
+    problems = [{"image_id": i, "mask": "", "scores": "", "status": "failed", "error": why, "seconds": 0.0,
+                 "cm": None} for i, why in dataset.problems]
+    all_records = records + problems
+    write_csv(stage_dir / "manifest.csv", MANIFEST_HEADER,
+              [[r[k] for k in MANIFEST_HEADER] for r in all_records])
+    cms = [r["cm"] for r in records if r["cm"] is not None]
+    quality = None
+    if cms:
+        quality = scores_from_confusion(np.sum(cms, axis=0), dataset.classes)
+        quality["images"] = len(cms)
+    failed = [(r["image_id"], r["error"]) for r in all_records if r["status"] != "ok"]
+    skipped = sum(1 for r in records if r.get("resumed"))
+    done = sum(1 for r in records if r["status"] == "ok") - skipped
+    info_path = stage_dir / "stage.json"
+    info = read_json(info_path) if info_path.exists() else {}
+    processed = [r["seconds"] for r in records if r["status"] == "ok" and not r.get("resumed")]
+    info.update({
+        "status": "complete" if not failed else "complete_with_failures",
+        "counts": {"images": len(all_records), "ok": done + skipped, "written": done, "resumed": skipped,
+                   "failed": len(failed)},
+        "timings": {"seconds": round(seconds, 3),
+                    "images_per_second": round(done / seconds, 3) if seconds > 0 and done else None,
+                    "mean_seconds_per_image": round(float(np.mean(processed)), 4) if processed else None},
+        "failures": [{"image_id": i, "reason": why} for i, why in failed],
+        "quality": quality,
+        **(extra_info or {}),
+    })
+    write_json(info_path, info)
+    if failed:
+        log.warning("%d of %d images failed in %s; see manifest.csv", len(failed), len(all_records), stage_dir)
+    return StageSummary(stage_dir, len(all_records), done, skipped, failed, quality, seconds)
+
+
+# --------------------------------------------------------------------------------------- method stages
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registry entry: the method's config class and a factory making its per-image job.
+
+    ``make_job(config, stage_dir=..., dataset=..., upstream=..., workers=...)`` may do a training step first (CAM,
+    saliency) and must be resumable from what it leaves in ``stage_dir``. ``upstream`` names the upstream stage
+    folders the method reads (e.g. ``("seeds",)``), ``torch_threads`` caps torch's threads in pool workers.
+    """
+
+    config_cls: type
+    make_job: Callable[..., Callable[[Sample, dict], ImageResult]]
+    summary: str
+    writes_scores: bool = False
+    upstream: tuple[str, ...] = ()
+    torch_threads: int | None = None
+
+
+def run_method_stage(stage: str, method: str, spec: MethodSpec, config, dataset: Dataset, run_dir: Path, *,
+                     upstream: dict[str, StageFolder] | None = None, workers: int = 1, overwrite: bool = False,
+                     overlays: int = 0) -> StageSummary:
+    """Prepare ``run_dir/<stage>/<method>/``, build the method's job (training if it must) and run it."""
+    stage_dir = Path(run_dir) / stage / method
+    prepare_stage_dir(stage_dir, stage=stage, method=method, config=config, dataset=dataset, upstream=upstream,
+                      overwrite=overwrite)
+    job = spec.make_job(config, stage_dir=stage_dir, dataset=dataset, upstream=upstream or {}, workers=workers)
+    return run_images(stage_dir, dataset=dataset, job=job, upstream=upstream, workers=workers,
+                      writes_scores=spec.writes_scores, overlays=overlays, torch_threads=spec.torch_threads,
+                      desc=f"{stage}/{method}")
