@@ -1,0 +1,42 @@
+"""Segmentation models and their registry.
+
+``MODELS`` maps the CLI name (``wsss train --model NAME``) to a builder. Every builder takes the same keyword-only
+arguments: ``num_classes``, ``backbone`` (omitted: the paper's backbone), ``weights`` (``None`` = random init,
+``"imagenet"`` = torchvision's ImageNet weights) and model-specific extras; ``forward`` returns (N, K, H, W) logits
+at the input size.
+
+Learning-rate groups: a model keeps its (pretrained) backbone in ``self.backbone``; every other parameter is the
+head, which the training recipe gives 10x the learning rate (:func:`split_parameters`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from .deeplab import deeplabv2
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "deeplabv2": deeplabv2,
+}
+
+
+def build_model(name: str, *, num_classes: int, backbone: str | None = None, weights: str | None = None,
+                **kw) -> nn.Module:
+    """Build registered model ``name``; ``backbone=None`` keeps the builder's (the paper's) default."""
+    if name not in MODELS:
+        raise ConfigError(f"--model {name!r}: unknown model; choose one of {', '.join(sorted(MODELS))}")
+    if backbone is not None:
+        kw["backbone"] = backbone
+    return MODELS[name](num_classes=num_classes, weights=weights, **kw)
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(backbone parameters, head parameters)``: the backbone is ``model.backbone`` when the model has one
+    (models without a separate backbone put everything in the head list)."""
+    backbone = getattr(model, "backbone", None)
+    backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in params if id(p) in backbone_ids], [p for p in params if id(p) not in backbone_ids]
