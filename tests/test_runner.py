@@ -129,3 +129,14 @@ def test_rank_sharding_merges_into_one_manifest(demo_root, tmp_path, monkeypatch
     assert len(list((stage / "masks").iterdir())) == 12 and not (stage / ".parts").exists()
     info = json.loads((stage / "stage.json").read_text())
     assert info["world_size"] == 2 and info["quality"]["images"] == 12
+
+
+def test_resume_survives_a_relative_path_and_a_grown_split(demo_copy, tmp_path, monkeypatch):
+    split = demo_copy / "ImageSets/Segmentation/train.txt"
+    full = split.read_text()
+    split.write_text("\n".join(full.split()[:4]) + "\n")
+    _run(open_dataset(demo_copy, "train"), tmp_path / "run")
+    split.write_text(full)
+    monkeypatch.chdir(demo_copy.parent)
+    summary = _run(open_dataset("data", "train"), tmp_path / "run")
+    assert summary.skipped == 4 and summary.done == len(full.split()) - 4

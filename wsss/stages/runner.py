@@ -4,8 +4,13 @@ What it guarantees (DESIGN.md, stage-folder contract):
 
 * outputs are written atomically, scores first and the mask last, so an existing mask means a finished image;
 * re-running skips finished images when ``stage.json`` holds the same config hash; another hash is refused with a
-  clear message unless ``overwrite`` is set, which clears the folder first;
-* a bad image is recorded (manifest + ``stage.json``) and the run goes on; the caller exits non-zero;
+  clear message unless ``overwrite`` is set, which clears the folder first (``stage.json`` goes first, so a kill
+  during the clearing leaves a folder that is refused, never mixed); a non-empty folder without ``stage.json`` is
+  refused too; stale hidden temporary files of a killed run are deleted on resume;
+* a bad image is recorded (manifest + ``stage.json``) and the run goes on; the caller exits non-zero; a full disk
+  (:class:`~wsss.errors.DiskFullError`) is not one image's fault and stops the stage (finished outputs are kept);
+* memory is flat in the number of images: one image is in memory at a time and each finished image leaves only a
+  small record (ids, paths, status); confusion matrices are summed as they arrive;
 * ``workers > 1`` uses a process pool; under ``torchrun`` (``WORLD_SIZE`` > 1) images are sharded by ``RANK`` and
   rank 0 merges the shards into one manifest;
 * when the dataset has GT, a quality table (mIoU, labelled mIoU, coverage, precision/recall) goes into stage.json.
@@ -28,8 +33,9 @@ import numpy as np
 from .. import __version__
 from ..config import config_hash, config_to_dict
 from ..datasets import Dataset, Sample
-from ..errors import ImageError, StageError, WsssError
-from ..io import read_json, read_mask, write_csv, write_jpeg, write_json, write_mask, write_png, write_scores
+from ..errors import DiskFullError, ImageError, StageError, WsssError
+from ..io import (read_json, read_mask, remove_stale_temp_files, write_csv, write_jpeg, write_json, write_mask,
+                  write_png, write_scores)
 from ..labels import IGNORE, palette_for
 from ..metrics import confusion_matrix, scores_from_confusion
 from .folder import StageFolder
@@ -76,7 +82,10 @@ def prepare_stage_dir(stage_dir: Path, *, stage: str, method: str, config, datas
     stage_dir = Path(stage_dir)
     upstream = upstream or {}
     inputs = {"dataset": dataset.describe(), "upstream": {k: str(v.path) for k, v in upstream.items()}}
-    digest = config_hash(stage, method, config_to_dict(config), inputs)
+    # identity of the inputs, not their size: adding images to a split resumes instead of refusing
+    identity = {"dataset": [str(Path(dataset.root).resolve()), dataset.layout, dataset.split],
+                "upstream": {k: str(Path(v.path).resolve()) for k, v in upstream.items()}}
+    digest = config_hash(stage, method, config_to_dict(config), identity)
     rank, world = dist_info()
     info_path = stage_dir / "stage.json"
     if rank != 0:  # wait for rank 0 to have prepared the folder
@@ -87,7 +96,10 @@ def prepare_stage_dir(stage_dir: Path, *, stage: str, method: str, config, datas
             time.sleep(0.2)
         raise StageError(f"{info_path}: rank 0 did not prepare the stage folder within 10 minutes")
     if info_path.exists():
-        old = read_json(info_path)
+        try:
+            old = read_json(info_path)
+        except ValueError:
+            old = {}
         if old.get("config_hash") != digest:
             if not overwrite:
                 raise StageError(
@@ -95,16 +107,33 @@ def prepare_stage_dir(stage_dir: Path, *, stage: str, method: str, config, datas
                     f"(hash {old.get('config_hash')} vs {digest}); pass --overwrite to redo it, or use another --run"
                 )
             log.warning("overwriting %s (config changed)", stage_dir)
-            shutil.rmtree(stage_dir)
-    elif overwrite and stage_dir.exists() and any(stage_dir.iterdir()):
-        shutil.rmtree(stage_dir)
+            _clear_stage_dir(stage_dir)
+    elif stage_dir.exists() and any(p for p in stage_dir.iterdir() if not p.name.startswith(".")):
+        if not overwrite:
+            raise StageError(
+                f"{stage_dir}: the folder holds files but no stage.json (not a wsss stage folder, or an interrupted "
+                "--overwrite); pass --overwrite to clear it, or use another --run"
+            )
+        _clear_stage_dir(stage_dir)
+    elif overwrite and stage_dir.exists():
+        _clear_stage_dir(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    if world == 1:  # no other process writes here: drop what a killed run left half-written
+        removed = remove_stale_temp_files(stage_dir)
+        if removed:
+            log.info("removed %d temporary file(s) of an interrupted run in %s", removed, stage_dir)
     if not info_path.exists():
         write_json(info_path, {
             "stage": stage, "method": method, "wsss_version": __version__, "status": "running",
             "config_hash": digest, "config": config_to_dict(config), "inputs": inputs,
         })
     return digest
+
+
+def _clear_stage_dir(stage_dir: Path) -> None:
+    """Delete a stage folder, ``stage.json`` first: a kill midway leaves a folder without it, which is refused."""
+    (stage_dir / "stage.json").unlink(missing_ok=True)
+    shutil.rmtree(stage_dir)
 
 
 # --------------------------------------------------------------------------------------------- workers
@@ -168,6 +197,8 @@ def _process_one(image_id: str) -> dict:
         write_mask(mask_path, mask, ctx["palette"])  # last: its presence marks the image finished
         if ctx["evaluate"] and sample.gt is not None:
             record["cm"] = confusion_matrix(sample.gt, mask, dataset.num_classes)
+    except DiskFullError:
+        raise  # not this image's fault: stop the stage, keep what is finished
     except WsssError as exc:
         record.update(status="failed", error=str(exc), mask="", scores="")
     except Exception as exc:  # noqa: BLE001 - one image's bug must not lose the others' work
@@ -199,26 +230,47 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
     }
     t0 = time.perf_counter()
     records: list[dict] = []
+    cm_sum = _CmSum()
     bar = dict(total=len(ids), desc=desc or stage_dir.name, unit="img", disable=None, dynamic_ncols=True)
     if workers <= 1 or len(ids) <= 1:
         _init_worker(ctx)
         for image_id in tqdm(ids, **bar):
-            records.append(_process_one(image_id))
+            records.append(cm_sum.take(_process_one(image_id)))
     else:
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(ctx,)) as pool:
             chunk = max(1, min(16, len(ids) // (workers * 8)))
             for record in tqdm(pool.map(_process_one, ids, chunksize=chunk), **bar):
-                records.append(record)
+                records.append(cm_sum.take(record))
     seconds = time.perf_counter() - t0
     if world > 1:
-        return _merge_ranks(stage_dir, dataset, records, seconds, rank, world, extra_info)
-    return _finish(stage_dir, dataset, records, seconds, extra_info)
+        return _merge_ranks(stage_dir, dataset, records, cm_sum, seconds, rank, world, extra_info)
+    return _finish(stage_dir, dataset, records, cm_sum, seconds, extra_info)
 
 
-def _merge_ranks(stage_dir, dataset, records, seconds, rank, world, extra_info) -> StageSummary:
+class _CmSum:
+    """Running sum of the per-image confusion matrices (records keep only a flag, so memory stays flat)."""
+
+    def __init__(self):
+        self.total: np.ndarray | None = None
+        self.images = 0
+
+    def take(self, record: dict) -> dict:
+        cm = record.pop("cm", None)
+        record["scored"] = cm is not None
+        if cm is not None:
+            self.add(np.asarray(cm, np.int64), 1)
+        return record
+
+    def add(self, cm: np.ndarray, images: int) -> None:
+        self.total = cm.copy() if self.total is None else self.total + cm
+        self.images += images
+
+
+def _merge_ranks(stage_dir, dataset, records, cm_sum, seconds, rank, world, extra_info) -> StageSummary:
     parts = stage_dir / ".parts"
-    plain = [{**r, "cm": None if r["cm"] is None else np.asarray(r["cm"]).tolist()} for r in records]
-    write_json(parts / f"rank{rank}.json", {"seconds": seconds, "records": plain})
+    write_json(parts / f"rank{rank}.json", {
+        "seconds": seconds, "records": records, "cm_images": cm_sum.images,
+        "cm": None if cm_sum.total is None else cm_sum.total.tolist()})
     if rank != 0:
         failed = [(r["image_id"], r["error"]) for r in records if r["status"] != "ok"]
         return StageSummary(stage_dir, len(records), 0, 0, failed, None, seconds)
@@ -227,30 +279,30 @@ def _merge_ranks(stage_dir, dataset, records, seconds, rank, world, extra_info) 
         if time.time() > deadline:
             raise StageError(f"{parts}: not every rank finished")
         time.sleep(0.5)
-    merged, slowest = [], seconds
+    merged, slowest, total = [], seconds, _CmSum()
     for r in range(world):
         part = read_json(parts / f"rank{r}.json")
         slowest = max(slowest, part["seconds"])
-        merged += [{**rec, "cm": None if rec["cm"] is None else np.asarray(rec["cm"], np.int64)}
-                   for rec in part["records"]]
+        merged += part["records"]
+        if part.get("cm") is not None:
+            total.add(np.asarray(part["cm"], np.int64), part["cm_images"])
     shutil.rmtree(parts, ignore_errors=True)
     order = {i: k for k, i in enumerate(dataset.ids)}
     merged.sort(key=lambda rec: order.get(rec["image_id"], 0))
-    return _finish(stage_dir, dataset, merged, slowest, {**(extra_info or {}), "world_size": world})
+    return _finish(stage_dir, dataset, merged, total, slowest, {**(extra_info or {}), "world_size": world})
 
 
-def _finish(stage_dir: Path, dataset: Dataset, records: list[dict], seconds: float,
+def _finish(stage_dir: Path, dataset: Dataset, records: list[dict], cm_sum: _CmSum, seconds: float,
             extra_info: dict | None) -> StageSummary:
-    problems = [{"image_id": i, "mask": "", "scores": "", "status": "failed", "error": why, "seconds": 0.0,
-                 "cm": None} for i, why in dataset.problems]
+    problems = [{"image_id": i, "mask": "", "scores": "", "status": "failed", "error": why, "seconds": 0.0}
+                for i, why in dataset.problems]
     all_records = records + problems
     write_csv(stage_dir / "manifest.csv", MANIFEST_HEADER,
               [[r[k] for k in MANIFEST_HEADER] for r in all_records])
-    cms = [r["cm"] for r in records if r["cm"] is not None]
     quality = None
-    if cms:
-        quality = scores_from_confusion(np.sum(cms, axis=0), dataset.classes)
-        quality["images"] = len(cms)
+    if cm_sum.total is not None:
+        quality = scores_from_confusion(cm_sum.total, dataset.classes)
+        quality["images"] = cm_sum.images
     failed = [(r["image_id"], r["error"]) for r in all_records if r["status"] != "ok"]
     skipped = sum(1 for r in records if r.get("resumed"))
     done = sum(1 for r in records if r["status"] == "ok") - skipped
