@@ -190,7 +190,13 @@ def _labels_from_mask(mask: np.ndarray | None) -> tuple[int, ...]:
 
 def _clip_boxes(boxes: np.ndarray, shape, where) -> np.ndarray:
     """Clip boxes to the image; a box left with no area is an :class:`ImageError` naming the file."""
-    if shape is None or len(boxes) == 0:
+    if len(boxes) == 0:
+        return boxes
+    if shape is None:  # image not read: no clipping, but a box with no area is still an error
+        empty = (boxes[:, 3] <= boxes[:, 1]) | (boxes[:, 4] <= boxes[:, 2])
+        if empty.any():
+            raise ImageError(f"{where}: box [class, x0, y0, x1, y1] = {boxes[empty][0].tolist()} has no area; "
+                             "fix or remove it")
         return boxes
     h, w = shape
     out = boxes.copy()
@@ -251,9 +257,8 @@ def open_dataset(path: str | Path, split: str | None = None) -> Dataset:
             if not row or row[0].strip().lower() == "id" or row[0].startswith("#"):
                 continue
             image_id = row[0].strip()
-            if image_id not in labels_csv:
-                order.append(image_id)
-            labels_csv[image_id] = " ".join(row[1:]).split()
+            order.append(image_id)  # a repeated id is reported by _dedupe; its first row's tags are used
+            labels_csv.setdefault(image_id, " ".join(row[1:]).split())
     boxes_csv: dict[str, list[list[str]]] = {}
     if (root / "boxes.csv").exists():
         with open(root / "boxes.csv", newline="") as fh:

@@ -23,3 +23,7 @@ class ConfigError(WsssError):
 
 class UnsafeFileError(WsssError):
     """A checkpoint or array file holds something other than plain tensors/arrays."""
+
+
+class DiskFullError(WsssError):
+    """The disk (or quota) is full. Not one image's fault: the stage stops; finished outputs are kept."""

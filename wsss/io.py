@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -21,10 +22,12 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .errors import ImageError, UnsafeFileError, WsssError
+from .errors import DiskFullError, ImageError, UnsafeFileError, WsssError
 from .labels import IGNORE, palette_for
 
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]*$")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*")
+MAX_ID_LENGTH = 200  # leaves room for suffixes within the usual 255-byte file-name limit
+TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files are hidden: ".<name>.<random>.tmp"
 
 
 def check_image_id(image_id: str, where: str = "") -> str:
@@ -33,40 +36,73 @@ def check_image_id(image_id: str, where: str = "") -> str:
     Ids become file names inside a stage folder, so path separators, ``..``, leading dots and anything other than
     letters, digits, ``_ . + -`` are rejected: no file is ever written outside the stage folder.
     """
-    if not image_id or ".." in image_id or not _ID_PATTERN.match(image_id):
-        src = f" in {where}" if where else ""
+    src = f" in {where}" if where else ""
+    if not image_id or ".." in image_id or not _ID_PATTERN.fullmatch(image_id):
         raise ImageError(
             f"image id {image_id!r}{src} is not a plain file stem: use letters, digits and _ . + - only "
-            "(no '/', '\\\\' or '..')"
+            "(no '/', '\\\\' or '..'); rename the image and its line"
         )
+    if len(image_id) > MAX_ID_LENGTH:
+        raise ImageError(f"image id {image_id[:40]!r}...{src} is {len(image_id)} characters long; rename the image "
+                         f"to at most {MAX_ID_LENGTH} characters")
     return image_id
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _disk_full(path: Path, exc: OSError) -> DiskFullError:
+    return DiskFullError(
+        f"{path}: no space left on the device ({os.strerror(exc.errno)}); free some space and re-run the same "
+        "command: finished outputs are kept and the run resumes"
+    )
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temporary file beside ``path``; on success rename it over ``path``, on error delete it."""
+    """Open a temporary file beside ``path``; on success rename it over ``path``, on error delete it.
+
+    The temporary file is hidden (``.<name>.<random>.tmp``), so no reader takes it for an output; a process killed
+    mid-write leaves at most such a file (stage runners delete stale ones when they resume) and ``path`` either
+    absent or whole. A full disk (ENOSPC / EDQUOT) raises :class:`~wsss.errors.DiskFullError` and leaves ``path``
+    as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if exc.errno == errno.ENOSPC:
-            raise WsssError(
-                f"{path}: no space left on the device; free some space and re-run (finished outputs are kept "
-                "and the run resumes)"
-            ) from exc
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if exc.errno in _DISK_FULL:
+            raise _disk_full(path, exc) from exc
         raise
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the hidden temporary files that a killed :func:`atomic_write` left under ``folder``; returns how many.
+
+    Only call it when no other process writes into ``folder``.
+    """
+    count = 0
+    for tmp in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                count += 1
+    return count
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -127,7 +163,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             return _to_rgb(img)
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         raise ImageError(
             f"{path}: cannot decode image ({exc}); the file is corrupt or truncated: re-export or remove it"
         ) from exc
@@ -246,3 +282,35 @@ def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if scores.ndim != 3 or scores.shape[0] != class_ids.size:
         raise UnsafeFileError(f"{path}: scores {scores.shape} do not match class ids {class_ids.shape}")
     return scores, class_ids
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
+    """Load a torch checkpoint safely: ``torch.load(path, weights_only=True)``, so it can hold only tensors and
+    plain containers (dict, list, tuple, str, numbers). Every checkpoint reader in wsss goes through here.
+
+    A file holding any other pickled object (which could run code when unpickled) raises
+    :class:`~wsss.errors.UnsafeFileError` naming the file and nothing is executed; a missing or corrupt file raises
+    :class:`~wsss.errors.UnsafeFileError` too (with its own fix).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnsafeFileError(f"{path}: checkpoint file not found; check the path or re-run training")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        raise UnsafeFileError(
+            f"{path}: refused to load: the checkpoint holds pickled objects other than tensors and plain "
+            f"containers ({first[-1] if first else exc}), which could run code; it may be tampered with. Only use "
+            "checkpoints written by wsss, or re-run training"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise UnsafeFileError(
+            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {str(exc)[:200]}); it is corrupt or "
+            "truncated: delete it and re-run training"
+        ) from None

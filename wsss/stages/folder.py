@@ -30,8 +30,16 @@ class StageFolder:
         manifest = path / "manifest.csv"
         if manifest.exists():
             info = read_json(path / "stage.json") if (path / "stage.json").exists() else {}
-            rows = {r["image_id"]: r for r in read_csv(manifest)}
+            rows: dict[str, dict] = {}
+            for r in read_csv(manifest):  # a duplicate id's failed row never hides the id's finished row
+                if r["image_id"] not in rows or rows[r["image_id"]].get("status") != "ok":
+                    rows[r["image_id"]] = r
             return cls(path, info, rows)
+        if (path / "stage.json").exists():
+            raise StageError(
+                f"{path}: the stage has not finished (stage.json but no manifest.csv: still running or "
+                "interrupted); re-run the same stage command to complete it"
+            )
         mask_dir = path / "masks" if (path / "masks").is_dir() else path
         pngs = sorted(mask_dir.glob("*.png"))
         if not pngs:
