@@ -1,0 +1,180 @@
+"""BoxSup: candidate generation, selection, labels, the update rule and seeded top-k draws (known answers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsss.label.boxsup import (box_iou, candidate_costs, image_rng, initial_selection, labels_from_selection,
+                               select_candidates, update_selection)
+from wsss.label.candidates import Candidates, candidates_from_masks, generate_candidates
+
+
+def _rect(shape, x0, y0, x1, y1):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _disc(shape, cx, cy, r):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+
+
+SHAPE = (40, 50)
+
+
+def test_box_iou_known_values():
+    a = np.array([[0, 0, 10, 10]])
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])
+    np.testing.assert_allclose(box_iou(a, b), [[1.0, 50 / 150, 0.0]])
+
+
+def test_initial_selection_picks_best_box_match_and_labels():
+    obj = _rect(SHAPE, 10, 8, 30, 28)          # the object, box [10, 8, 30, 28]
+    half = _rect(SHAPE, 10, 8, 20, 28)         # half of it: box IoU 0.5
+    big = _rect(SHAPE, 5, 3, 40, 35)           # a larger blob: box IoU 400/1120
+    other = _disc(SHAPE, 42, 30, 5)            # a second object, box [37, 25, 48, 36]
+    cands = candidates_from_masks([half, big, obj, other])
+    boxes = np.array([[3, 10, 8, 30, 28], [1, 37, 25, 48, 36]])
+    sel = initial_selection(cands, boxes)
+    assert sel.tolist() == [2, 3]
+    labels = labels_from_selection(cands, boxes, sel)
+    expect = np.zeros(SHAPE, np.uint8)
+    expect[obj] = 3
+    expect[other] = 1
+    np.testing.assert_array_equal(labels, expect)
+
+
+def test_overlap_rule_smaller_candidate_wins_and_clip_to_box():
+    big = _rect(SHAPE, 0, 0, 30, 30)
+    small = _rect(SHAPE, 10, 10, 20, 20)
+    cands = candidates_from_masks([big, small])
+    boxes = np.array([[1, 0, 0, 30, 30], [2, 10, 10, 20, 20]])
+    labels = labels_from_selection(cands, boxes, [0, 1])
+    assert (labels[small] == 2).all() and (labels[big & ~small] == 1).all() and (labels[~big] == 0).all()
+    # the big candidate selected for a box that covers only part of it: clipped to the box by default
+    clipped = labels_from_selection(cands, np.array([[1, 0, 0, 15, 30]]), [0])
+    assert (clipped[:, :15][big[:, :15]] == 1).all() and (clipped[:, 15:] == 0).all()
+    unclipped = labels_from_selection(cands, np.array([[1, 0, 0, 15, 30]]), [0], clip_to_box=False)
+    assert (unclipped[big] == 1).all()
+
+
+def _one_hot_probs(labels, k, eps=1e-3):
+    probs = np.full((k, *labels.shape), eps, np.float32)
+    for c in range(k):
+        probs[c][labels == c] = 1 - eps * (k - 1)
+    return probs
+
+
+def test_round_with_perfect_network_selects_its_candidate():
+    box = np.array([[2, 10, 8, 30, 28]])
+    frame = _rect(SHAPE, 10, 8, 30, 28) & ~_rect(SHAPE, 12, 10, 28, 26)  # box IoU 1, but the wrong pixels
+    disc = _disc(SHAPE, 20, 18, 9)                                          # the object: box [11, 9, 30, 28]
+    blob = _rect(SHAPE, 8, 6, 31, 30)
+    cands = candidates_from_masks([frame, blob, disc])
+    assert initial_selection(cands, box).tolist() == [0]                   # boxes alone pick the frame
+    target = np.zeros(SHAPE, np.uint8)
+    target[disc] = 2
+    probs = _one_hot_probs(target, 3)                                       # a network predicting the disc
+    costs = candidate_costs(cands, box[0], probs, lam=1.0)
+    assert costs.argmin() == 2
+    assert costs[2] < 1 - box_iou(box[:, 1:], cands.boxes[2:3])[0, 0] + 0.01  # its CE is ~0
+    sel, chosen = update_selection(cands, box, probs, lam=1.0, top_k=1, rng=np.random.default_rng(0))
+    assert sel.tolist() == [2] and chosen[0] == pytest.approx(costs[2])
+    # without the network term the box match alone decides again
+    sel0, _ = update_selection(cands, box, probs, lam=0.0, top_k=1, rng=np.random.default_rng(0))
+    assert sel0.tolist() == [0]
+    # the labels of the round are exactly the disc
+    np.testing.assert_array_equal(labels_from_selection(cands, box, sel), target)
+
+
+def test_unclipped_cost_counts_candidate_pixels_outside_the_box():
+    box = np.array([2, 0, 0, 10, 10])
+    inside = _rect(SHAPE, 0, 0, 10, 10)
+    spill = _rect(SHAPE, 0, 0, 20, 10)
+    cands = candidates_from_masks([inside, spill])
+    probs = _one_hot_probs(np.where(inside, 2, 0).astype(np.uint8), 3)
+    clipped = candidate_costs(cands, box, probs, lam=1.0)
+    unclipped = candidate_costs(cands, box, probs, lam=1.0, clip_to_box=False)
+    assert clipped[1] == pytest.approx(0.5, abs=0.01)            # clipped: same CE as `inside`, only the box term differs
+    assert unclipped[1] > clipped[1] + 1.0               # the 100 spilled pixels say background: large CE
+
+
+def test_top_k_draw_is_seeded_reproducible_and_within_top_k():
+    costs = np.array([0.9, 0.1, 0.5, 0.3, 0.2, 0.8, 0.05])
+    top3 = {6, 1, 4}
+    draws_a = [select_candidates(costs, 3, rng) for rng in [np.random.default_rng(7)] for _ in range(50)]
+    rng_b = np.random.default_rng(7)
+    draws_b = [select_candidates(costs, 3, rng_b) for _ in range(50)]
+    assert draws_a == draws_b
+    assert set(draws_a) == top3                          # all three drawn over 50 tries, nothing else
+    rng_c = np.random.default_rng(8)
+    assert [select_candidates(costs, 3, rng_c) for _ in range(50)] != draws_a
+    assert select_candidates(costs, 1, np.random.default_rng(0)) == 6
+    # per-image generators: independent of order, reproducible per (seed, round, id)
+    a = image_rng(0, 1, "img_a").integers(1 << 30, size=4)
+    np.testing.assert_array_equal(a, image_rng(0, 1, "img_a").integers(1 << 30, size=4))
+    assert not np.array_equal(a, image_rng(0, 2, "img_a").integers(1 << 30, size=4))
+    assert not np.array_equal(a, image_rng(1, 1, "img_a").integers(1 << 30, size=4))
+    with pytest.raises(ValueError):
+        select_candidates(costs, 0, np.random.default_rng(0))
+
+
+def test_update_with_top_k_is_reproducible():
+    masks = [_rect(SHAPE, 10, 8, 30 - k, 28) for k in range(8)]
+    cands = candidates_from_masks(masks)
+    boxes = np.array([[1, 10, 8, 30, 28], [1, 10, 8, 25, 28]])
+    probs = _one_hot_probs(np.zeros(SHAPE, np.uint8), 2, eps=0.2)
+    s1, _ = update_selection(cands, boxes, probs, top_k=3, rng=image_rng(5, 1, "x"))
+    s2, _ = update_selection(cands, boxes, probs, top_k=3, rng=image_rng(5, 1, "x"))
+    assert s1.tolist() == s2.tolist()
+    order = [np.argsort(candidate_costs(cands, b, probs), kind="stable")[:3] for b in boxes]
+    assert all(s in o for s, o in zip(s1, order))
+
+
+def test_generated_candidates_cover_every_object_of_a_synthetic_scene():
+    from wsss.datasets import make_demo_scene
+
+    rng = np.random.default_rng(11)
+    found = []
+    for _ in range(3):
+        image, gt, boxes = make_demo_scene(rng, (64, 80))
+        cands = generate_candidates(image)
+        assert len(cands) > 10 and cands.leaf_maps.shape[1:] == gt.shape
+        for cls, x0, y0, x1, y1 in boxes.tolist():
+            obj = np.zeros(gt.shape, bool)
+            obj[y0:y1, x0:x1] = gt[y0:y1, x0:x1] == cls
+            found.append(cands.mask_ious(obj).max())
+    assert len(found) >= 3 and min(found) >= 0.7, found
+
+
+def test_candidate_statistics_match_the_masks_and_round_trip():
+    from wsss.datasets import make_demo_scene
+
+    image, gt, _ = make_demo_scene(np.random.default_rng(2), (48, 64))
+    cands = generate_candidates(image, scales=(50.0,), colour_spaces=("lab",), max_side=32)
+    idx = np.linspace(0, len(cands) - 1, 6).astype(int)
+    masks = cands.masks(idx)
+    np.testing.assert_array_equal(masks.reshape(len(idx), -1).sum(1), cands.areas[idx])
+    for m, k in zip(masks, idx):
+        ys, xs = np.nonzero(m)
+        assert tuple(cands.boxes[k]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    back = Candidates.from_arrays(cands.to_arrays())
+    np.testing.assert_array_equal(back.members, cands.members)
+    np.testing.assert_array_equal(back.leaf_maps, cands.leaf_maps)
+    np.testing.assert_array_equal(back.boxes, cands.boxes)
+    arrays = cands.to_arrays()
+    arrays["strategy"] = arrays["strategy"][:-1]
+    with pytest.raises(ValueError):
+        Candidates.from_arrays(arrays)
+
+
+def test_bad_inputs_raise():
+    cands = candidates_from_masks([_rect(SHAPE, 0, 0, 5, 5)])
+    with pytest.raises(ValueError):
+        initial_selection(cands, np.array([[1, 5, 5, 5, 9]]))           # no area
+    with pytest.raises(ValueError):
+        candidate_costs(cands, [1, 0, 0, 5, 5], np.ones((2, 10, 10)))   # probs of another size
+    with pytest.raises(ValueError):
+        generate_candidates(np.zeros((10, 10), np.uint8))

@@ -1,0 +1,149 @@
+"""BoxSup (Dai, He & Sun, ICCV 2015): box supervision through candidate masks, re-selected while training.
+
+Pure functions on arrays; the candidates come from :mod:`wsss.label.candidates` and never change.
+
+* **Initial selection** (:func:`initial_selection`): for each GT box the candidate whose tight bounding box has the
+  highest IoU with the box (ties: the lower candidate index).
+* **Labels** (:func:`labels_from_selection`): the selected candidate's pixels take the box's class, everything else
+  is background (0). With ``clip_to_box`` (default) a candidate's pixels outside its box stay background: a box
+  encloses its object, so nothing of the object lies outside it. Overlaps: candidates are painted in order of
+  decreasing area, so where two selected candidates overlap the *smaller* one wins (a small object in front of a big
+  one keeps its pixels), the same rule as box fill; equal areas: the later box wins.
+* **Update** (:func:`candidate_costs`, :func:`select_candidates`): with the network's class probabilities ``probs``
+  (K, H, W), the cost of candidate ``S`` for box ``B`` of class ``c`` is
+
+  ``(1 - IoU(box(S), B)) + lam * CE(S)``
+
+  where ``CE(S)`` is the network's mean pixel cross-entropy against the labelling that ``S`` gives ``B``: over the
+  box's pixels (and, without ``clip_to_box``, the candidate's pixels outside the box too) a pixel in ``S`` is
+  labelled ``c`` and costs ``-log p_c``, a pixel not in ``S`` is background and costs ``-log p_0``; the sum is
+  divided by the number of those pixels. A candidate is then drawn uniformly at random among the ``top_k``
+  lowest-cost ones (``top_k = 1``: the best), with the caller's seeded :class:`numpy.random.Generator`.
+
+Per-candidate sums are computed per leaf (``bincount``) and combined through the candidates' membership matrix, so
+nothing loops over pixels in Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..labels import BACKGROUND
+from .candidates import Candidates
+
+PROB_FLOOR = 1e-6  # probabilities are clipped here before the log, so a confident mistake costs at most ~13.8
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (N, M) of boxes ``a`` (N, 4) and ``b`` (M, 4) given as ``[x0, y0, x1, y1]`` (x1/y1 exclusive)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def _check_boxes(boxes) -> np.ndarray:
+    boxes = np.asarray(boxes if boxes is not None else np.zeros((0, 5)), np.int64).reshape(-1, 5)
+    if len(boxes) and ((boxes[:, 3] <= boxes[:, 1]) | (boxes[:, 4] <= boxes[:, 2]) | (boxes[:, 0] < 1)).any():
+        bad = boxes[(boxes[:, 3] <= boxes[:, 1]) | (boxes[:, 4] <= boxes[:, 2]) | (boxes[:, 0] < 1)][0].tolist()
+        raise ValueError(f"box [class, x0, y0, x1, y1] = {bad} has no area or a class below 1")
+    return boxes
+
+
+def initial_selection(candidates: Candidates, boxes) -> np.ndarray:
+    """(N,) int64: for each box (N, 5) ``[class, x0, y0, x1, y1]`` the candidate whose box matches it best."""
+    boxes = _check_boxes(boxes)
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    if len(candidates) == 0:
+        raise ValueError("no candidates to select from")
+    return box_iou(boxes[:, 1:], candidates.boxes).argmax(1).astype(np.int64)
+
+
+def labels_from_selection(candidates: Candidates, boxes, selection, *, clip_to_box: bool = True) -> np.ndarray:
+    """(H, W) uint8 labels: selected candidate ``selection[i]`` takes the class of box ``i`` (rules: module doc)."""
+    boxes = _check_boxes(boxes)
+    selection = np.asarray(selection, np.int64).reshape(-1)
+    if len(selection) != len(boxes):
+        raise ValueError(f"{len(selection)} selected candidates for {len(boxes)} boxes")
+    h, w = candidates.shape
+    out = np.full((h, w), BACKGROUND, np.uint8)
+    areas = []
+    for (_, x0, y0, x1, y1), m in zip(boxes.tolist(), selection.tolist()):
+        areas.append(candidates.areas[m] if not clip_to_box else
+                     int(candidates.mask(m)[y0:y1, x0:x1].sum()))
+    for i in sorted(range(len(boxes)), key=lambda k: -areas[k]):  # stable: equal areas -> later box on top
+        cls, x0, y0, x1, y1 = boxes[i].tolist()
+        mask = candidates.mask(int(selection[i]))
+        if clip_to_box:
+            out[y0:y1, x0:x1][mask[y0:y1, x0:x1]] = cls
+        else:
+            out[mask] = cls
+    return out
+
+
+def candidate_costs(candidates: Candidates, box, probs: np.ndarray, *, lam: float = 1.0,
+                    clip_to_box: bool = True) -> np.ndarray:
+    """(M,) BoxSup cost of every candidate for one ``box`` ``[class, x0, y0, x1, y1]`` given ``probs`` (K, H, W).
+
+    ``probs`` holds class probabilities (softmax) for every class id ``0..K-1`` at the image's size.
+    """
+    cls, x0, y0, x1, y1 = (int(v) for v in np.asarray(box).reshape(-1)[:5])
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or probs.shape[1:] != candidates.shape:
+        raise ValueError(f"probs {probs.shape} do not match the candidates' image {candidates.shape}")
+    if not 0 < cls < probs.shape[0]:
+        raise ValueError(f"box class {cls} outside the {probs.shape[0]} classes of probs")
+    iou = box_iou(np.array([[x0, y0, x1, y1]]), candidates.boxes)[0]
+    if lam == 0:
+        return 1.0 - iou
+    nlp_fg = -np.log(np.clip(probs[cls], PROB_FLOOR, 1.0))
+    nlp_bg = -np.log(np.clip(probs[BACKGROUND], PROB_FLOOR, 1.0))
+    window = (x0, y0, x1, y1)
+    bg_in = candidates.candidate_sums(candidates.leaf_sums(nlp_bg, window))  # candidate pixels inside the box
+    box_bg = float(nlp_bg[y0:y1, x0:x1].sum())
+    if clip_to_box:
+        fg = candidates.candidate_sums(candidates.leaf_sums(nlp_fg, window))
+        count = np.full(len(candidates), float((x1 - x0) * (y1 - y0)))
+    else:
+        fg = candidates.candidate_sums(candidates.leaf_sums(nlp_fg))
+        inside = candidates.candidate_sums(candidates.leaf_sums(np.ones(candidates.shape), window))
+        count = (x1 - x0) * (y1 - y0) + candidates.areas - inside
+    ce = (fg + box_bg - bg_in) / np.maximum(count, 1.0)
+    return (1.0 - iou) + lam * ce
+
+
+def select_candidates(costs: np.ndarray, top_k: int, rng: np.random.Generator) -> int:
+    """Index of a candidate drawn uniformly among the ``top_k`` lowest ``costs`` (ties: lower index first)."""
+    costs = np.asarray(costs, np.float64).reshape(-1)
+    if costs.size == 0:
+        raise ValueError("no candidates to select from")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    order = np.argsort(costs, kind="stable")[:top_k]
+    return int(order[rng.integers(len(order))]) if len(order) > 1 else int(order[0])
+
+
+def update_selection(candidates: Candidates, boxes, probs: np.ndarray, *, lam: float = 1.0, top_k: int = 5,
+                     rng: np.random.Generator, clip_to_box: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One BoxSup update for every box: ``(selection (N,) int64, chosen costs (N,) float64)``."""
+    boxes = _check_boxes(boxes)
+    selection = np.zeros(len(boxes), np.int64)
+    chosen = np.zeros(len(boxes))
+    for i, box in enumerate(boxes):
+        costs = candidate_costs(candidates, box, probs, lam=lam, clip_to_box=clip_to_box)
+        selection[i] = select_candidates(costs, top_k, rng)
+        chosen[i] = costs[selection[i]]
+    return selection, chosen
+
+
+def image_rng(seed: int, round_index: int, image_id: str) -> np.random.Generator:
+    """A generator seeded by (seed, round, image id): the same draw whatever the order or process of the images."""
+    import zlib
+
+    return np.random.default_rng([int(seed), int(round_index), zlib.crc32(image_id.encode())])
