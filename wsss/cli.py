@@ -228,3 +228,48 @@ def demo(run_dir, images, workers, overwrite):
     click.echo(QUALITY_HEADER)
     for name, quality in rows:
         click.echo(quality_row(name, quality))
+
+
+# ------------------------------------------------------------------------------------------- recipes
+@main.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--dataset", "dataset_path", required=True, type=click.Path(file_okay=False),
+              help="dataset folder (recipes hold no paths; the dataset is always given here)")
+@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
+              help="run folder [default: runs/<recipe name>]")
+@click.option("--set", "overrides", multiple=True, metavar="STEP.KEY=VALUE",
+              help="override a step's config key (or its split / workers); repeatable")
+@click.option("--workers", default=None, type=click.IntRange(1, 256),
+              help="processes over images for every step [default: the recipe's]")
+@click.option("--overwrite/--no-overwrite", default=False, help="redo every stage from scratch")
+@click.option("--report/--no-report", "make_report", default=True, help="write RUN/report.html at the end")
+def run_cmd(recipe, dataset_path, run_dir, overrides, workers, overwrite, make_report):
+    """Run the steps of a YAML RECIPE (a file, or the name of a shipped one: demo, voc_guided, ...).
+
+    Finished stages are skipped (their images show as resumed), an interrupted stage resumes, and one quality table
+    for all stages is printed at the end.
+    """
+    from .recipes import apply_overrides, load_recipe
+    from .stages.pipeline import run_recipe
+
+    parsed = apply_overrides(load_recipe(recipe), overrides)
+    results = run_recipe(parsed, dataset_path, run_dir, workers=workers, overwrite=overwrite, echo=click.echo)
+    click.echo("")
+    click.echo(QUALITY_HEADER)
+    for result in results:
+        click.echo(quality_row(f"{result.name} ({result.status})", result.quality))
+    if make_report and results:
+        from .report import write_report
+
+        click.echo(f"report: {write_report(Path(run_dir) if run_dir else Path('runs') / parsed.name)}")
+
+
+@main.command("report")
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@click.option("--samples", default=8, show_default=True, type=click.IntRange(0, 200),
+              help="images shown in the sample grid")
+def report_cmd(run_dir, samples):
+    """Write RUN/report.html (pictures in RUN/report/): quality table, per-class IoU chart, sample grid."""
+    from .report import write_report
+
+    click.echo(str(write_report(Path(run_dir), samples=samples)))
