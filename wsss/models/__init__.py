@@ -17,9 +17,28 @@ from torch import nn
 
 from ..errors import ConfigError
 from .deeplab import deeplabv2
+from .deeplab_variants import deeplabv1, deeplabv3plus
+from .fcn import fcn8s, fcn16s, fcn32s
+from .parsenet import parsenet
+from .pspnet import pspnet
+from .refinenet import refinenet
+from .segnet import segnet, segnet_basic
+from .unet import unet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv2": deeplabv2,
+    # the model zoo (one builder signature; see each module's docstring for the paper's definition)
+    "fcn32s": fcn32s,
+    "fcn16s": fcn16s,
+    "fcn8s": fcn8s,
+    "segnet": segnet,
+    "segnet_basic": segnet_basic,
+    "unet": unet,
+    "deeplabv1": deeplabv1,
+    "deeplabv3plus": deeplabv3plus,
+    "pspnet": pspnet,
+    "parsenet": parsenet,
+    "refinenet": refinenet,
 }
 
 
