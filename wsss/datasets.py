@@ -14,6 +14,10 @@ Layouts (detected by :func:`open_dataset`):
   first), optional ``splits/<split>.txt`` (else every id of labels.csv).
 * **camvid** (SegNet tutorial): ``<split>/<id>.<ext>``, ``<split>annot/<id>.png``, ``<split>.txt``; CamVid's 11
   classes, value 11 (void) read as 255. Tags come from the masks.
+* **isbi** (ISBI 2012 EM membranes as in zhixuhao/unet): ``train/images/<n>.png``, ``train/masks/<n>.png`` (0 =
+  membrane, 255 = cell interior), ``test/images/<n>.png`` (no GT). Classes ``cell`` (0, background) and
+  ``membrane`` (1): mask pixels < 128 become 1, the others 0. No split files: ``train`` = ids 0-24, ``val`` = ids
+  25-29, ``trainval`` = all 30 labelled images, ``test`` = the unlabelled test images (ids sorted numerically).
 
 Boxes are (N, 5) int64 ``[class, x0, y0, x1, y1]`` in pixels with x1/y1 exclusive. VOC XML boxes (1-based,
 inclusive) are converted; every box is clipped to the image; a box with no area left after clipping is an error.
@@ -69,6 +73,8 @@ class Dataset:
 
     def image_path(self, image_id: str) -> Path:
         folder = {"voc": "JPEGImages", "folder": "images"}.get(self.layout, self.split or "")
+        if self.layout == "isbi":
+            folder = f"{'test' if self.split == 'test' else 'train'}/images"
         base = self.root / folder
         for ext in IMAGE_EXTENSIONS:
             path = base / f"{image_id}{ext}"
@@ -81,6 +87,10 @@ class Dataset:
             path = self.root / "SegmentationClass" / f"{image_id}.png"
         elif self.layout == "folder":
             path = self.root / "masks" / f"{image_id}.png"
+        elif self.layout == "isbi":
+            if self.split == "test":
+                return None
+            path = self.root / "train" / "masks" / f"{image_id}.png"
         else:
             path = self.root / f"{self.split}annot" / f"{image_id}.png"
         return path if path.exists() else None
@@ -108,7 +118,10 @@ class Dataset:
         path = self.gt_path(image_id)
         if path is None:
             return None
-        mask = read_mask(path, self.num_classes, ignore_values=self.ignore_values)
+        if self.layout == "isbi":  # 0 = membrane, 255 = cell interior -> membrane 1, cell 0
+            mask = (read_mask(path) < 128).astype(np.uint8)
+        else:
+            mask = read_mask(path, self.num_classes, ignore_values=self.ignore_values)
         if shape is not None and mask.shape != tuple(shape):
             raise ImageError(
                 f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}; "
@@ -121,7 +134,7 @@ class Dataset:
         check_image_id(image_id)
         img = read_image(self.image_path(image_id)) if image else None
         shape = img.shape[:2] if img is not None else None
-        mask = self.load_gt(image_id, shape) if (gt or self.layout == "camvid") else None
+        mask = self.load_gt(image_id, shape) if (gt or self.layout in ("camvid", "isbi")) else None
         if self.layout == "voc":
             labels, boxes = self._voc_annotation(image_id, mask, shape)
         elif self.layout == "folder":
@@ -221,6 +234,8 @@ def detect_layout(root: Path) -> str:
         return "folder"
     if any((root / f"{s}annot").is_dir() for s in ("train", "val", "test")):
         return "camvid"
+    if (root / "train" / "images").is_dir() and (root / "train" / "masks").is_dir():
+        return "isbi"
     raise DatasetError(
         f"{root}: not a dataset folder; expected a VOC layout (JPEGImages/), a folder layout (images/ + "
         "labels.csv) or a CamVid layout (train/ + trainannot/). Make one with 'wsss make-demo-data DIR'"
@@ -246,6 +261,8 @@ def open_dataset(path: str | Path, split: str | None = None) -> Dataset:
         classes = builtin_classes("camvid")
         return Dataset(root, layout, classes, split, ids, problems, ignore_values=(len(classes),),
                        palette_name="camvid")
+    if layout == "isbi":
+        return _open_isbi(root, split)
     # folder layout
     if not (root / "classes.txt").exists():
         raise DatasetError(f"{root / 'classes.txt'}: missing; list the class names one a line, background first")
@@ -273,6 +290,27 @@ def open_dataset(path: str | Path, split: str | None = None) -> Dataset:
         if not ids:
             raise DatasetError(f"{root / 'labels.csv'}: no images listed; add rows 'id,class names'")
     return Dataset(root, layout, classes, split, ids, problems, _labels_csv=labels_csv, _boxes_csv=boxes_csv)
+
+
+ISBI_CLASSES = ("cell", "membrane")
+ISBI_SPLITS = {"train": slice(0, 25), "val": slice(25, 30), "trainval": slice(0, 30)}
+
+
+def _open_isbi(root: Path, split: str | None) -> Dataset:
+    """The ISBI 2012 membrane layout: fixed splits over the numerically sorted ids (no split files)."""
+    split = split or "trainval"
+    if split not in (*ISBI_SPLITS, "test"):
+        raise DatasetError(f"{root}: ISBI layout has splits train (ids 0-24), val (25-29), trainval and test; "
+                           f"got --split {split!r}")
+    folder = root / ("test" if split == "test" else "train") / "images"
+    stems = sorted((p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                   key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    if split != "test":
+        stems = stems[ISBI_SPLITS[split]]
+    if not stems:
+        raise DatasetError(f"{folder}: no images for split {split!r}; expected <n>.png files")
+    ids, problems = _dedupe(stems, folder)
+    return Dataset(root, "isbi", ISBI_CLASSES, split, ids, problems)
 
 
 def _read_split(path: Path, split_dir: Path) -> tuple[list[str], list[tuple[str, str]]]:
