@@ -178,3 +178,43 @@ def test_bad_inputs_raise():
         candidate_costs(cands, [1, 0, 0, 5, 5], np.ones((2, 10, 10)))   # probs of another size
     with pytest.raises(ValueError):
         generate_candidates(np.zeros((10, 10), np.uint8))
+
+
+# ------------------------------------------------------------------------------------------- stages
+def test_candidates_stage_writes_npz_sheets_and_initial_labels(demo_root, tmp_path):
+    from wsss.config import CandidatesConfig
+    from wsss.datasets import open_dataset
+    from wsss.label.boxsup import initial_selection, labels_from_selection
+    from wsss.stages.candidates import read_candidates, run_candidates
+    from wsss.stages.folder import StageFolder
+
+    ds = open_dataset(demo_root, "train")
+    config = CandidatesConfig(sheets=2)
+    summary = run_candidates("selective", config, ds, tmp_path, workers=2)
+    assert summary.ok and summary.done == len(ds.ids)
+    stage = tmp_path / "candidates" / "selective"
+    folder = StageFolder.open(stage)
+    assert sorted(folder.ok_ids) == sorted(ds.ids)
+    assert sorted(p.stem for p in (stage / "sheets").glob("*.png")) == ds.ids[:2]
+    sample = ds.load(ds.ids[0])
+    cands = read_candidates(stage / "candidates" / f"{ds.ids[0]}.npz")
+    expect = labels_from_selection(cands, sample.boxes, initial_selection(cands, sample.boxes))
+    np.testing.assert_array_equal(folder.mask(ds.ids[0]), expect)
+    assert summary.quality["miou"] > 50  # the best box-matching candidates on the demo shapes
+    again = run_candidates("selective", config, ds, tmp_path)
+    assert again.done == 0 and again.skipped == len(ds.ids)
+
+
+def test_read_candidates_refuses_foreign_files(tmp_path):
+    from wsss.errors import ImageError, UnsafeFileError
+    from wsss.stages.candidates import read_candidates
+
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(UnsafeFileError, match="other.npz"):
+        read_candidates(tmp_path / "other.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(UnsafeFileError, match="bad.npz"):
+        read_candidates(tmp_path / "bad.npz")
+    with pytest.raises(ImageError, match="wsss candidates"):
+        read_candidates(tmp_path / "missing.npz")
+

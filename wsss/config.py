@@ -36,6 +36,46 @@ class ThresholdConfig:
     blur_sigma: float = option(1.0, "Gaussian blur sigma (pixels) before thresholding; 0 = none")
 
 
+@dataclass(frozen=True)
+class CandidatesConfig:
+    """Candidate masks per image (:func:`wsss.label.candidates.generate_candidates`): selective-search grouping of
+    Felzenszwalb superpixels, one strategy per (colour space, scale)."""
+
+    colour_spaces: tuple[str, ...] = option(("hsv", "lab"), "comma-separated colour spaces (hsv, lab, rgb)")
+    felzenszwalb_scales: tuple[float, ...] = option((100.0, 300.0), "comma-separated Felzenszwalb scales "
+                                                                     "(bigger: fewer, larger superpixels)")
+    sigma: float = option(0.8, "Felzenszwalb pre-smoothing sigma")
+    max_side: int = option(256, "segment a copy whose longer side is at most this many pixels (0: full size)")
+    min_area: float = option(0.0005, "drop candidates smaller than this fraction of the image")
+    sheets: int = option(4, "write sheets/<id>.png (the best-matching candidates of each box) for the first N "
+                            "images")
+
+
+@dataclass(frozen=True)
+class BoxSupConfig:
+    """BoxSup (Dai et al., ICCV 2015): candidates selected per box, re-selected with a network trained round by
+    round (:mod:`wsss.label.boxsup`). Round 0 = best box-matching candidates; round r trains ``model`` on round
+    r-1's labels and re-selects. Rounds write RUN/labels/boxes_r<r>/, networks RUN/train/boxsup_r<r>/."""
+
+    boxsup_rounds: int = option(2, "network rounds after the initial selection (0: initial labels only)")
+    boxsup_lambda: float = option(1.0, "weight of the network's cross-entropy in the candidate cost")
+    top_k: int = option(5, "draw the new candidate at random among the k lowest-cost ones (1: the best)")
+    clip_to_box: bool = option(True, "candidate pixels outside their box stay background")
+    boxsup_seed: int = option(0, "seed of the top-k draws and of the training runs")
+    candidates: typing.Optional[str] = option(None, "candidates stage folder (default: RUN/candidates/selective, "
+                                                    "made with default settings when missing)")
+    model: str = option("deeplabv2", "segmentation model of the registry trained each round")
+    backbone: typing.Optional[str] = option(None, "model backbone (default: the model's paper backbone)")
+    weights: typing.Optional[str] = option(None, "'imagenet' loads torchvision's ImageNet weights into the "
+                                                 "backbone (downloads once); default: random init", ("imagenet",))
+    iterations: int = option(2000, "training iterations per round")
+    batch_size: int = option(10, "training batch size")
+    lr: float = option(2.5e-4, "base learning rate (head x10, poly decay)")
+    crop_size: int = option(321, "square training crop (pixels)")
+    val_split: typing.Optional[str] = option(None, "split with GT on which each round's network is scored")
+    device: str = option("auto", "torch device for training and prediction (auto: cuda when available)")
+
+
 def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
