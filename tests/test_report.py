@@ -221,3 +221,21 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     if keep:  # e.g. WSSS_REPORT_SCREENSHOT=bench/out/report.png to look at it
         Path(keep).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, keep)
+
+
+def test_samples_cover_stages_over_other_splits(run_dir, tmp_path):
+    """Predictions over val beside seeds over trainval: images of both first, then the rest; a stage that does not
+    cover an image says so in its cell."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    demo = Path(read_json(copy / "seeds/threshold/stage.json")["inputs"]["dataset"]["path"])
+    val = open_dataset(demo, "val")
+    stage_dir = copy / "predictions" / "oracle"
+    prepare_stage_dir(stage_dir, stage="predictions", method="oracle", config=_NoConfig(), dataset=val)
+    run_images(stage_dir, dataset=val, job=GtJob())
+    html = write_report(copy, samples=5).read_text()
+    rows = html[html.index('<table class="grid">'):].split("<tr>")[2:]
+    assert len(rows) == 5
+    for row, image_id in zip(rows[: len(val.ids)], val.ids):  # val images (in every stage) come first
+        assert f'alt="{image_id}"' in row and "not in this stage" not in row
+    assert all("not in this stage&#x27;s images" in row for row in rows[len(val.ids):])

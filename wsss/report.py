@@ -128,17 +128,21 @@ def _pick_samples(stages: list[ReportStage], dataset, count: int) -> list[str]:
             votes[image_id] = votes.get(image_id, 0) + 1
     if not votes:
         return []
-    best = max(votes.values())
-    ids = [i for i in votes if votes[i] == best]
     if dataset is not None:
         rank = {i: k for k, i in enumerate(dataset.ids)}
-        ids.sort(key=lambda i: (rank.get(i, len(rank)), i))
     else:
-        ids.sort()
-    if len(ids) <= count:
-        return ids
-    picks = np.linspace(0, len(ids) - 1, count).round().astype(int)
-    return [ids[k] for k in picks]
+        rank = {i: k for k, i in enumerate(sorted(votes))}
+    picked: list[str] = []
+    # images every stage has first; stages over other splits (predictions on val) then add their own images
+    for level in sorted(set(votes.values()), reverse=True):
+        ids = sorted((i for i in votes if votes[i] == level), key=lambda i: (rank.get(i, len(rank)), i))
+        room = count - len(picked)
+        if room <= 0:
+            break
+        if len(ids) > room:
+            ids = [ids[k] for k in np.linspace(0, len(ids) - 1, room).round().astype(int)]
+        picked += ids
+    return picked
 
 
 def _esc(text) -> str:
@@ -215,21 +219,33 @@ def per_class_iou_svg(stages: list[ReportStage], classes, palette, width: int = 
     return f'<div class="series-legend">{legend}</div>\n' + "\n".join(out)
 
 
+def _stage_seconds(st: ReportStage) -> float | None:
+    """Wall time of a stage: the image runner's timing, or a training stage's total wall time."""
+    seconds = (st.info.get("timings") or {}).get("seconds")
+    if seconds is None:
+        seconds = st.info.get("wall_seconds_total")
+    return seconds
+
+
 def _quality_table(stages: list[ReportStage]) -> str:
     best = max((st.quality or {}).get("miou") or -1 for st in stages) if stages else -1
     rows = []
     for s, st in enumerate(stages):
         q = st.quality or {}
         counts = st.info.get("counts") or {}
-        timings = st.info.get("timings") or {}
         miou = q.get("miou")
         bar = (f'<span class="bar"><span style="width:{max(0.0, min(100.0, miou)):.1f}%;background:'
                f'{SERIES_COLOURS[s % len(SERIES_COLOURS)]}"></span></span>') if miou is not None else ""
         failed = counts.get("failed", 0) or 0
         status = st.info.get("status", "?")
+        seconds = _stage_seconds(st)
+        sub = st.folder
+        training = st.info.get("training") or {}
+        if training.get("iterations_done") is not None:
+            sub += f" · {training['iterations_done']} it · val {q.get('images', '–')} img"
         rows.append(
             f'<tr class="{"best" if miou is not None and miou == best else ""}">'
-            f'<td class="stage"><b>{_esc(st.name)}</b><br><span class="muted">{_esc(st.folder)}</span></td>'
+            f'<td class="stage"><b>{_esc(st.name)}</b><br><span class="muted">{_esc(sub)}</span></td>'
             f'<td class="num">{_esc(counts.get("images", q.get("images", "–")))}</td>'
             f'<td class="num miou">{_fmt(miou)} {bar}</td>'
             f'<td class="num">{_fmt(q.get("labelled_miou"))}</td>'
@@ -238,7 +254,7 @@ def _quality_table(stages: list[ReportStage]) -> str:
             f'<td class="num">{_fmt(q.get("mean_recall"))}</td>'
             f'<td class="num">{_fmt(q.get("pixel_accuracy"))}</td>'
             f'<td class="num {"bad" if failed else ""}">{failed}</td>'
-            f'<td class="num">{_fmt(timings.get("seconds"))}</td>'
+            f'<td class="num">{_fmt(seconds)}</td>'
             f'<td>{_esc(status)}</td></tr>')
     return ('<table class="quality"><thead><tr><th>stage</th><th>images</th><th>mIoU</th><th>labelled mIoU</th>'
             '<th>coverage %</th><th>precision</th><th>recall</th><th>pixel acc.</th><th>failed</th>'
@@ -298,12 +314,19 @@ def _sample_grid(run_dir: Path, out_dir: Path, stages: list[ReportStage], datase
                 gt = dataset.load_gt(image_id)
             except WsssError:
                 image = gt = None
-        masks = {}
+        masks, why = {}, {}
         for s in mask_stages:
-            try:
-                masks[s.folder] = folders[s.folder].mask(image_id) if folders[s.folder].has(image_id) else None
-            except WsssError:
-                masks[s.folder] = None
+            folder = folders[s.folder]
+            masks[s.folder] = None
+            if image_id not in folder.rows:
+                why[s.folder] = "not in this stage's images"
+            elif not folder.has(image_id):
+                why[s.folder] = "failed: " + str(folder.rows[image_id].get("error", ""))[:80]
+            else:
+                try:
+                    masks[s.folder] = folder.mask(image_id)
+                except WsssError as exc:
+                    why[s.folder] = f"unreadable: {str(exc)[:80]}"
         shape = image.shape if image is not None else next((m.shape for m in masks.values() if m is not None), None)
         if shape is None:
             continue
@@ -329,7 +352,7 @@ def _sample_grid(run_dir: Path, out_dir: Path, stages: list[ReportStage], datase
         for s in mask_stages:
             mask = masks[s.folder]
             if mask is None:
-                cells.append('<td class="missing">no mask<br>(failed or not run)</td>')
+                cells.append(f'<td class="missing">{_esc(why.get(s.folder, "no mask"))}</td>')
                 continue
             present |= set(np.unique(mask).tolist())
             tile = report_overlay(image, mask, palette) if image is not None and image.shape[:2] == mask.shape \
@@ -401,7 +424,7 @@ table.grid th { font-size:12px; color:var(--muted); font-weight:600; text-align:
 table.grid td { vertical-align:top; text-align:center; }
 table.grid img { display:block; width:200px; height:auto; border-radius:6px; border:1px solid var(--line);
                  image-rendering:auto; }
-table.grid td.missing { width:200px; color:var(--muted); background:#fafafa; border:1px dashed var(--line);
+table.grid td.missing { width:200px; height:150px; vertical-align:middle; color:var(--muted); background:#fafafa; border:1px dashed var(--line);
                         border-radius:6px; font-size:12px; }
 .cap { font-size:11.5px; color:var(--muted); margin-top:2px; }
 details { margin:6px 0; }
@@ -448,7 +471,7 @@ def write_report(run_dir: str | Path, *, samples: int = 8, title: str | None = N
     flow = '<span class="arrow">→</span>'.join(f'<span class="step">{_esc(st.name)}</span>' for st in stages)
     scored = [st for st in stages if (st.quality or {}).get("miou") is not None]
     best = max(scored, key=lambda st: st.quality["miou"]) if scored else None
-    total_s = sum((st.info.get("timings") or {}).get("seconds") or 0 for st in stages)
+    total_s = sum(_stage_seconds(st) or 0 for st in stages)
     failed = sum((st.info.get("counts") or {}).get("failed") or 0 for st in stages)
     cards = [("stages", str(len(stages))),
              ("best mIoU", f"{best.quality['miou']:.1f}" if best else "–"),
