@@ -165,6 +165,33 @@ def seeds(method, dataset_path, split, run_dir, workers, overwrite, overlays, **
     finish_stage(summary)
 
 
+# --------------------------------------------------------------------------------------------- refine
+from .stages.refine import REFINERS  # noqa: E402  (registry is light: pydensecrf loads per image)
+
+
+@main.command()
+@click.option("--crf", "method", flag_value="crf", default=None,
+              help=f"crf: {REFINERS['crf'].summary} -> RUN/refined/crf/")
+@click.option("--input", "input_stage", required=True, type=click.Path(file_okay=False),
+              help="stage folder to refine (any: RUN/seeds/grabcut, RUN/labels/..., a folder of mask PNGs)")
+@common_stage_options
+@method_options(REFINERS)
+def refine(method, input_stage, dataset_path, split, run_dir, workers, overwrite, overlays, **options):
+    """Refine the masks of an input stage folder into RUN/refined/REFINER/ (e.g. --crf).
+
+    --split defaults to the input stage's split (from its stage.json).
+    """
+    from .stages.refine import run_refine, upstream_split
+
+    if method is None:
+        raise click.UsageError(f"choose a refiner: {', '.join('--' + k for k in REFINERS)}")
+    config = pick_config(REFINERS, method, options)
+    dataset = _open(dataset_path, split or upstream_split(input_stage))
+    summary = run_refine(method, config, dataset, Path(run_dir), input_path=input_stage, workers=workers,
+                         overwrite=overwrite, overlays=overlays)
+    finish_stage(summary)
+
+
 # ----------------------------------------------------------------------------------------------- eval
 @main.command("eval")
 @click.argument("masks", type=click.Path(exists=True, file_okay=False))

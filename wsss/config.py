@@ -153,3 +153,51 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of keys to values")
     return data
+
+
+@dataclass(frozen=True)
+class BoxConfig:
+    """Plain box fill (:func:`wsss.seeds.grabcut.box_fill`): each box painted with its class, smaller boxes over
+    larger ones, background outside every box. The baseline every box method must beat; no options."""
+
+
+@dataclass(frozen=True)
+class GrabCutConfig:
+    """GrabCut per box (:mod:`wsss.seeds.grabcut` documents every rule): box-prior initialisation on a local crop,
+    doubtful band policy, overlap rule, soft per-class scores written to scores/ for the CRF."""
+
+    iterations: int = option(5, "GrabCut iterations per box")
+    uncertain: str = option("ignore", "doubtful pixels inside a box: ignore (255, left to a CRF on the scores), "
+                                      "grabcut (GrabCut's own label), foreground (the box class) or background",
+                            ("ignore", "grabcut", "foreground", "background"))
+    overlap: str = option("smaller", "a pixel claimed by several boxes: smaller (the smallest box wins) or "
+                                     "confidence (the highest foreground probability wins)", ("smaller", "confidence"))
+    min_box_size: int = option(8, "boxes with a side shorter than this (pixels) are filled with their class")
+    margin: float = option(0.5, "GrabCut crop: the box plus this fraction of its size on each side")
+    core_fraction: float = option(0.0, "centred core (fraction of box width/height) marked definite foreground; "
+                                       "0 = none")
+    hard_weight: float = option(0.5, "foreground probability = w * GrabCut label + (1 - w) * colour-GMM posterior")
+    doubt_margin: float = option(0.2, "a box pixel with |p - 0.5| below this is doubtful")
+    min_fill: float = option(0.1, "GrabCut keeping less than this fraction of a box counts as failed: the box "
+                                  "falls back to its centred core")
+    fallback_core: float = option(0.5, "centred core (fraction of width/height) labelled when GrabCut failed")
+    max_side: int = option(200, "run GrabCut on the crop resized to at most this many pixels on its longer side "
+                                "(0: full resolution)")
+    seed: int = option(0, "OpenCV RNG seed of GrabCut's k-means initialisation")
+
+
+@dataclass(frozen=True)
+class CRFConfig:
+    """Dense CRF refinement (:func:`wsss.crf.crf_refine`) of any stage folder, over the labels present per image."""
+
+    preset: str = option("psa", "pairwise parameters: psa (bilateral sxy 80, srgb 13, compat 10) or deeplab "
+                                "(sxy 121, srgb 5, compat 4); Gaussian sxy 3, compat 3 in both", ("psa", "deeplab"))
+    sxy: typing.Optional[float] = option(None, "bilateral kernel position std (pixels); overrides the preset")
+    srgb: typing.Optional[float] = option(None, "bilateral kernel colour std; overrides the preset")
+    compat: typing.Optional[float] = option(None, "bilateral kernel weight; overrides the preset")
+    crf_iterations: int = option(10, "mean-field iterations")
+    unary: str = option("auto", "unary from: auto (the input's scores/ when it keeps them, else its masks), "
+                                "scores or masks", ("auto", "scores", "masks"))
+    confidence: float = option(0.7, "unary from a hard mask: probability put on the pixel's label")
+    keep_ignore: bool = option(False, "pixels that are 255 in the input stay 255 (default: the CRF labels them)")
+    box_prior: bool = option(True, "with boxes: a class only inside its own boxes, background outside every box")

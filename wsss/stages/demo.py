@@ -27,4 +27,21 @@ def run_demo(run_dir: Path, *, images: int = 60, workers: int = 2, overwrite: bo
     if summary.failed:
         raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
     rows.append(("seeds/threshold", summary.quality))
+    from ..config import BoxConfig, CRFConfig, GrabCutConfig
+    from .refine import REFINERS
+
+    for method, config in (("box", BoxConfig()), ("grabcut", GrabCutConfig())):
+        summary = run_method_stage("seeds", method, SEED_METHODS[method], config, dataset, run_dir,
+                                   workers=workers, overwrite=overwrite, overlays=8)
+        if summary.failed:
+            raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
+        rows.append((f"seeds/{method}", summary.quality))
+    from .folder import StageFolder
+
+    summary = run_method_stage("refined", "crf", REFINERS["crf"], CRFConfig(), dataset, run_dir,
+                               upstream={"input": StageFolder.open(run_dir / "seeds" / "grabcut")},
+                               workers=workers, overwrite=overwrite, overlays=8)
+    if summary.failed:
+        raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
+    rows.append(("refined/crf (grabcut)", summary.quality))
     return rows
