@@ -75,12 +75,7 @@ def _run_step(rs: ResolvedStep, dataset: Dataset, run_dir: Path, upstream: dict[
         summary = run_label_stage(method, rs.config, dataset, run_dir,
                                   upstream_paths={k: str(v) for k, v in upstream.items()}, workers=workers,
                                   overwrite=overwrite, overlays=overlays)
-    elif stage == "refine":
-        from .refine import run_refine
-
-        summary = run_refine(method, rs.config, dataset, run_dir, input_path=upstream["input"], workers=workers,
-                             overwrite=overwrite, overlays=overlays)
-    else:
+    else:  # seeds, refine: the registry's MethodSpec through the shared runner (what run_refine does too)
         folders = {role: StageFolder.open(path) for role, path in upstream.items()}
         summary = run_method_stage(STAGES[stage].folder, method, rs.spec, rs.config, dataset, run_dir,
                                    upstream=folders, workers=workers, overwrite=overwrite, overlays=overlays)
