@@ -371,6 +371,10 @@ def test_stage_folder_of_another_config_is_refused_unless_overwrite(demo_root, t
     assert redo.exit_code == 0 and "12 written, 0 resumed" in redo.output
     assert json.loads((stage / "stage.json").read_text())["config"]["blur_sigma"] == 2.5
     assert {p.name: p.read_bytes() for p in (stage / "masks").iterdir()} != before
+    (stage / "masks" / "demo_0000.png").write_bytes(b"stale")
+    again = _seeds_cli(demo_root, run, "--blur-sigma", "2.5", "--overwrite")  # same config: still redone
+    assert again.exit_code == 0 and "12 written, 0 resumed" in again.output
+    assert (stage / "masks" / "demo_0000.png").read_bytes() != b"stale"
 
 
 def test_folder_without_stage_json_is_refused(demo_root, tmp_path):

@@ -65,8 +65,12 @@ class StageFolder:
             raise ImageError(f"{self.path}: no output for image {image_id!r} ({why}); re-run that stage")
         return row
 
-    def mask(self, image_id: str) -> np.ndarray:
-        return read_mask(self.path / self._row(image_id)["mask"])
+    def mask(self, image_id: str, num_classes: int | None = None) -> np.ndarray:
+        """The (H, W) uint8 mask of ``image_id``. Values outside ``{0..K-1, 255}`` raise ImageError naming the file,
+        with K = ``num_classes`` or else the class count recorded in the folder's stage.json."""
+        if num_classes is None:
+            num_classes = (self.info.get("inputs") or {}).get("dataset", {}).get("classes")
+        return read_mask(self.path / self._row(image_id)["mask"], num_classes)
 
     def scores(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         rel = self._row(image_id).get("scores", "")

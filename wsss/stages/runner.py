@@ -18,6 +18,7 @@ What it guarantees (DESIGN.md, stage-folder contract):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -88,11 +89,13 @@ def prepare_stage_dir(stage_dir: Path, *, stage: str, method: str, config, datas
     digest = config_hash(stage, method, config_to_dict(config), identity)
     rank, world = dist_info()
     info_path = stage_dir / "stage.json"
-    if rank != 0:  # wait for rank 0 to have prepared the folder
+    if rank != 0:  # wait for rank 0 to have prepared the folder (with --overwrite: its fresh stage.json)
         deadline = time.time() + 600
         while time.time() < deadline:
-            if info_path.exists() and read_json(info_path).get("config_hash") == digest:
-                return digest
+            with contextlib.suppress(OSError, ValueError):
+                info = read_json(info_path)
+                if info.get("config_hash") == digest and (not overwrite or info.get("status") == "running"):
+                    return digest
             time.sleep(0.2)
         raise StageError(f"{info_path}: rank 0 did not prepare the stage folder within 10 minutes")
     if info_path.exists():
@@ -100,13 +103,13 @@ def prepare_stage_dir(stage_dir: Path, *, stage: str, method: str, config, datas
             old = read_json(info_path)
         except ValueError:
             old = {}
-        if old.get("config_hash") != digest:
-            if not overwrite:
-                raise StageError(
-                    f"{stage_dir}: this stage folder was made with another config or input "
-                    f"(hash {old.get('config_hash')} vs {digest}); pass --overwrite to redo it, or use another --run"
-                )
-            log.warning("overwriting %s (config changed)", stage_dir)
+        if old.get("config_hash") != digest and not overwrite:
+            raise StageError(
+                f"{stage_dir}: this stage folder was made with another config or input "
+                f"(hash {old.get('config_hash')} vs {digest}); pass --overwrite to redo it, or use another --run"
+            )
+        if overwrite:  # redo from scratch, whether the config changed or not
+            log.warning("overwriting %s", stage_dir)
             _clear_stage_dir(stage_dir)
     elif stage_dir.exists() and any(p for p in stage_dir.iterdir() if not p.name.startswith(".")):
         if not overwrite:
