@@ -219,3 +219,12 @@ def test_rewritten_input_redoes_the_downstream_stage(demo_root, tmp_path, fill_s
     again = run_recipe(parse_recipe(CHAIN), demo_root, run_dir, echo=lines.append)
     assert [(r.done, r.resumed) for r in again] == [(1, 11), (12, 0)]
     assert any("redoing refined/fill: its input thr was rewritten" in line for line in lines)
+
+
+def test_redo_a_step_redoes_it_and_what_reads_it(demo_root, tmp_path, fill_stage):
+    run_dir = tmp_path / "run"
+    run_recipe(parse_recipe(CHAIN), demo_root, run_dir, echo=lambda _: None)
+    again = run_recipe(parse_recipe(CHAIN), demo_root, run_dir, redo=["thr"], echo=lambda _: None)
+    assert [(r.done, r.resumed) for r in again] == [(12, 0), (12, 0)]
+    with pytest.raises(ConfigError, match="--redo nope: no such step"):
+        run_recipe(parse_recipe(CHAIN), demo_root, run_dir, redo=["nope"], echo=lambda _: None)

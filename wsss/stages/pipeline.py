@@ -19,7 +19,7 @@ from typing import Callable
 from .. import __version__
 from ..config import config_to_dict
 from ..datasets import Dataset, open_dataset
-from ..errors import StageError
+from ..errors import ConfigError, StageError
 from ..io import read_json, write_json
 from ..recipes import Recipe, ResolvedStep, resolve_recipe
 from .folder import StageFolder
@@ -83,13 +83,18 @@ def _run_step(rs: ResolvedStep, dataset: Dataset, run_dir: Path, upstream: dict[
 
 
 def run_recipe(recipe: Recipe, dataset_path: str | Path, run_dir: str | Path | None = None, *, workers: int | None = None,
-               overwrite: bool = False, overlays: int = 8, echo: Callable[[str], None] = print) -> list[StepResult]:
+               overwrite: bool = False, redo: tuple[str, ...] | list[str] = (), overlays: int = 8,
+               echo: Callable[[str], None] = print) -> list[StepResult]:
     """Run every step of ``recipe`` on the dataset at ``dataset_path`` into ``run_dir`` (default ``runs/<name>``).
 
+    ``redo`` names steps to redo from scratch (their downstream steps follow, as their input is rewritten).
     Raises :class:`StageError` after the first step with failed images (the later steps would read its holes);
     what finished stays on disk and the next call resumes.
     """
     steps = resolve_recipe(recipe)  # every step checked before anything runs
+    unknown = sorted(set(redo) - {rs.name for rs in steps})
+    if unknown:
+        raise ConfigError(f"--redo {', '.join(unknown)}: no such step; steps: {', '.join(rs.name for rs in steps)}")
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     datasets: dict[str | None, Dataset] = {}
@@ -124,17 +129,18 @@ def run_recipe(recipe: Recipe, dataset_path: str | Path, run_dir: str | Path | N
         n_workers = workers or rs.step.workers or recipe.workers or 1
         changed = [ref for ref in rs.inputs.values() if written.get(ref)]
         stage_dir = run_dir / rs.folder
-        if (overwrite or changed) and stage_dir.exists():
+        if (overwrite or changed or rs.name in redo) and stage_dir.exists():
             # the runner keeps finished images of a folder with the same config; an input rewritten in this run
             # (or --overwrite) makes them stale, so the pipeline clears the folder it owns
             echo(f"    redoing {rs.folder}: " + (f"its input {', '.join(changed)} was rewritten in this run"
-                                                 if changed else "--overwrite"))
+                                                 if changed else "--redo" if rs.name in redo else "--overwrite"))
             shutil.rmtree(stage_dir)
         echo(f"[{index + 1}/{len(steps)}] {rs.name}: {rs.step.stage} {rs.step.method} -> {run_dir / rs.folder}"
              + (f" (reads {', '.join(f'{k}={v}' for k, v in rs.inputs.items())})" if rs.inputs else ""))
         t0 = time.perf_counter()
         stage_dir, done, resumed, failed, quality = _run_step(rs, dataset, run_dir, upstream, workers=n_workers,
-                                                              overwrite=overwrite, overlays=overlays,
+                                                              overwrite=overwrite or rs.name in redo,
+                                                              overlays=overlays,
                                                               open_split=dataset_for)
         result = StepResult(rs.name, rs.folder, stage_dir, done, resumed, failed, quality,
                             time.perf_counter() - t0)
