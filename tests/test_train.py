@@ -1,0 +1,214 @@
+"""Training loop, exact resume, DDP on CPU (gloo), wsss train / predict."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from wsss.cli import main
+from wsss.config import PredictConfig, TrainConfig
+from wsss.datasets import open_dataset
+from wsss.errors import StageError, UnsafeFileError
+from wsss.io import read_csv, read_json, read_mask
+from wsss.pairs import MaskPairs, ResumableSampler
+from wsss.stages.train import run_train
+from wsss.train import augment_pair, load_checkpoint, poly_lr
+
+TINY = dict(backbone="resnet18", batch_size=2, crop_size=32, checkpoint_every=2, loader_workers=0)
+
+
+def test_poly_lr():
+    assert poly_lr(0.01, 0, 100) == 0.01
+    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 100, 100) == 0.0
+
+
+def test_augment_pair_pads_with_ignore_and_flips(rng):
+    image = np.zeros((10, 20, 3), np.uint8)
+    image[:, :10] = 255
+    mask = np.zeros((10, 20), np.uint8)
+    mask[:, :10] = 1
+    img, msk = augment_pair(image, mask, np.random.default_rng(1), crop_size=24, scale_range=(1.0, 1.0), flip=False)
+    assert img.shape == (3, 24, 24) and img.dtype == np.float32 and msk.dtype == np.int64
+    assert (msk[10:] == 255).all() and (msk[:, 20:] == 255).all()  # padding is ignored
+    assert (msk[:10, :10] == 1).all() and (msk[:10, 10:20] == 0).all()
+    assert np.allclose(img[:, 10:], 0.0)  # padded with the mean (0 after normalisation)
+    flipped = [augment_pair(image, mask, np.random.default_rng(s), crop_size=24, scale_range=(1.0, 1.0),
+                            flip=True)[1] for s in range(8)]
+    mirrored = [np.array_equal(m, msk[:, ::-1]) for m in flipped]
+    assert any(mirrored) and not all(mirrored)  # a fair coin per sample
+    assert all(f or np.array_equal(m, msk) for f, m in zip(mirrored, flipped))
+    a = augment_pair(image, mask, np.random.default_rng(5), crop_size=8, scale_range=(0.5, 1.5))
+    b = augment_pair(image, mask, np.random.default_rng(5), crop_size=8, scale_range=(0.5, 1.5))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_resumable_sampler_is_the_tail_and_shards():
+    full = list(ResumableSampler(10, batch_size=3, iterations=8, seed=4))
+    tail = list(ResumableSampler(10, batch_size=3, iterations=8, start=5, seed=4))
+    assert tail == full[15:]
+    assert sorted(i for i, _ in full[:10]) == list(range(10))  # first epoch is a permutation
+    keys = [k for _, k in full]
+    assert len(set(keys)) == len(keys)
+    r0 = [i for i, _ in ResumableSampler(10, batch_size=5, iterations=1, rank=0, world_size=2)]
+    r1 = [i for i, _ in ResumableSampler(10, batch_size=5, iterations=1, rank=1, world_size=2)]
+    assert sorted(r0 + r1) == list(range(10))
+
+
+def _weights(checkpoint):
+    return load_checkpoint(checkpoint)["model"]
+
+
+@pytest.mark.slow
+def test_resume_gives_identical_weights(demo_root, tmp_path):
+    """N iterations in one go == N/2, stop, resume to N (same data order, crops, momentum, LR schedule)."""
+    torch.set_num_threads(2)
+    ds = open_dataset(demo_root, "train")
+    config = TrainConfig(iterations=4, **TINY)
+    one = run_train("deeplabv2", config, ds, tmp_path / "one", progress=False)
+    assert one.iterations == 4 and not one.stopped_early
+    half = run_train("deeplabv2", config, ds, tmp_path / "two", stop_at=2, progress=False)
+    assert half.stopped_early and half.iterations == 2
+    assert read_json(tmp_path / "two/train/deeplabv2/stage.json")["status"] == "stopped"
+    rest = run_train("deeplabv2", config, ds, tmp_path / "two", progress=False)
+    assert rest.start_iteration == 2 and rest.iterations == 4
+    a, b = _weights(one.checkpoint), _weights(rest.checkpoint)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    init = run_train("deeplabv2", TrainConfig(iterations=1, lr=0.0, **TINY), ds, tmp_path / "zero", progress=False)
+    w0 = _weights(init.checkpoint)["head.branches.0.weight"]
+    assert not torch.equal(w0, a["head.branches.0.weight"])  # training changed the weights
+    log = read_csv(tmp_path / "two/train/deeplabv2/log.csv")
+    assert [int(r["iteration"]) for r in log] == [2, 4]
+    # a finished run is not retrained; another config is refused
+    again = run_train("deeplabv2", config, ds, tmp_path / "two", progress=False)
+    assert again.start_iteration == 4 and again.iterations == 4
+    with pytest.raises(StageError, match="another config"):
+        run_train("deeplabv2", TrainConfig(iterations=6, **TINY), ds, tmp_path / "two", progress=False)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import os, sys, torch
+    from pathlib import Path
+    from wsss.config import TrainConfig
+    from wsss.datasets import open_dataset
+    from wsss.stages.train import run_train
+    import wsss.train as T
+
+    captured = {}
+    original = T.train_model
+    def spy(model, *a, **k):
+        result = original(model, *a, **k)
+        captured["state"] = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        return result
+    import wsss.stages.train as S
+    T.train_model = spy
+    torch.set_num_threads(1)
+    root, out = Path(sys.argv[1]), Path(sys.argv[2])
+    config = TrainConfig(iterations=3, backbone="resnet18", batch_size=2, crop_size=32, loader_workers=0)
+    run_train("deeplabv2", config, open_dataset(root, "train"), out, val_dataset=open_dataset(root, "val"),
+              progress=False)
+    torch.save(captured["state"], out / f"rank{os.environ['RANK']}.pt")
+""")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_end_with_identical_weights(demo_root, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(script), str(demo_root), str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "run/rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "run/rank1.pt", weights_only=True)
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+    info = read_json(tmp_path / "run/train/deeplabv2/stage.json")
+    assert info["training"]["world_size"] == 2 and info["training"]["iterations_done"] == 3
+    assert info["quality"]["images"] == 3  # val split of the 12-image demo set, sharded and summed
+    ckpt = _weights(tmp_path / "run/train/deeplabv2/checkpoint.pt")
+    for key in r0:
+        assert torch.equal(ckpt[key], r0[key]), key
+
+
+@pytest.mark.slow
+def test_cli_train_on_a_stage_then_predict(demo_root, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(main, ["seeds", "--method", "threshold", "--dataset", str(demo_root), "--split", "train",
+                               "--run", str(run)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["train", "--model", "deeplabv2", "--labels", "seeds/threshold", "--dataset",
+                               str(demo_root), "--run", str(run), "--backbone", "resnet18", "--iterations", "2",
+                               "--batch-size", "2", "--crop-size", "32", "--loader-workers", "0", "--val-split",
+                               "val", "--no-flip"])
+    assert res.exit_code == 0, res.output
+    assert "complete at iteration 2" in res.output and "val mIoU" in res.output
+    info = read_json(run / "train/deeplabv2/stage.json")
+    assert info["config"]["flip"] is False and info["training"]["labels"].endswith("seeds/threshold")
+    assert info["training"]["train_images"] == 9
+    res = runner.invoke(main, ["predict", "--checkpoint", str(run / "train/deeplabv2"), "--dataset",
+                               str(demo_root), "--split", "val", "--run", str(run), "--scales", "0.75,1.0",
+                               "--flip"])
+    assert res.exit_code == 0, res.output
+    pred = run / "predictions/deeplabv2"
+    rows = read_csv(pred / "manifest.csv")
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    mask = read_mask(pred / rows[0]["mask"])
+    assert mask.shape == (64, 80) and mask.max() < 6
+    with np.load(pred / rows[0]["scores"]) as z:
+        scores = z["scores"].astype(np.float32)
+        assert scores.shape == (6, 64, 80) and np.allclose(scores.sum(0), 1.0, atol=1e-2)
+        assert np.array_equal(scores.argmax(0), mask) or (scores.argmax(0) != mask).mean() < 0.01
+    assert read_json(pred / "stage.json")["quality"]["images"] == 3
+
+
+def test_cli_errors(demo_root, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--model", "deeplabv2", "--labels", "nope/none", "--dataset",
+                               str(demo_root), "--run", str(tmp_path)])
+    assert res.exit_code == 2 and "no such stage folder" in res.output
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": 1}, bad)
+    res = runner.invoke(main, ["predict", "--checkpoint", str(bad), "--dataset", str(demo_root), "--run",
+                               str(tmp_path)])
+    assert res.exit_code == 2 and "not a wsss checkpoint" in res.output
+    with pytest.raises(UnsafeFileError):
+        load_checkpoint(bad)
+    res = runner.invoke(main, ["train", "--model", "nope", "--labels", "gt", "--dataset", str(demo_root)])
+    assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_mask_pairs_refuse_wrong_labels(demo_root, tmp_path):
+    from wsss.errors import DatasetError
+    from wsss.io import write_mask
+    from wsss.stages.folder import StageFolder
+
+    (tmp_path / "masks").mkdir()
+    write_mask(tmp_path / "masks" / "other.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DatasetError, match="no masks for any image"):
+        MaskPairs(open_dataset(demo_root, "train"), StageFolder.open(tmp_path))
+
+
+def test_segment_flip_of_a_flip_equivariant_model():
+    from wsss.models.inference import segment
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1).eval()
+    image = np.random.default_rng(0).integers(0, 255, (16, 20, 3), dtype=np.uint8)
+    plain = segment(model, image)
+    assert plain.shape == (4, 16, 20) and np.allclose(plain.sum(0), 1.0, atol=1e-5)
+    assert np.allclose(segment(model, image, flip=True), plain, atol=1e-5)
+    multi = segment(model, image, scales=(0.5, 1.0))
+    assert multi.shape == plain.shape and not np.allclose(multi, plain, atol=1e-4)

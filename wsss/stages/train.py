@@ -1,0 +1,122 @@
+"""``wsss train --model M --labels STAGE``: train a segmentation model on any mask stage folder (or GT) into
+``RUN/train/<model>/`` (stage.json, checkpoint.pt, log.csv).
+
+The training loop itself is :func:`wsss.train.train_model`; this runner resolves the inputs, prepares the stage
+folder (config hash, refusal of a folder made with another config), builds the model and records the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import TrainConfig, config_to_dict
+from ..datasets import Dataset
+from ..errors import ConfigError, StageError
+from ..io import read_json, write_json
+from .folder import StageFolder
+from .runner import prepare_stage_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSummary:
+    stage_dir: Path
+    checkpoint: Path
+    iterations: int
+    start_iteration: int
+    seconds: float
+    images_per_second: float | None
+    validation: dict | None
+    stopped_early: bool
+    speed: dict
+
+
+def resolve_labels(labels: str, run_dir: Path) -> StageFolder | None:
+    """``gt`` -> None (the dataset's GT masks); else a stage folder path, tried as given and under ``run_dir``."""
+    if labels.lower() == "gt":
+        return None
+    for candidate in (Path(labels), Path(run_dir) / labels):
+        if candidate.is_dir():
+            return StageFolder.open(candidate)
+    raise StageError(f"--labels {labels}: no such stage folder (tried {labels} and {Path(run_dir) / labels}); "
+                     "give a mask stage folder such as seeds/threshold, or 'gt' for the dataset's GT masks")
+
+
+def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: Path, *, labels: str = "gt",
+              val_dataset: Dataset | None = None, device: str = "auto", stop_at: int | None = None,
+              overwrite: bool = False, progress: bool = True) -> TrainSummary:
+    """Train ``model_name`` on ``dataset`` with the masks of ``labels`` into ``run_dir/train/<model_name>/``.
+
+    Re-running the same command resumes from ``checkpoint.pt`` (same schedule); a finished run is not retrained.
+    Under torchrun every rank calls this; rank 0 writes the files.
+    """
+    import torch
+
+    from ..models import MODELS, build_model
+    from ..pairs import MaskPairs
+    from ..train import CHECKPOINT, dist_env, load_checkpoint, pick_device, resolve_speed, train_model
+
+    if model_name not in MODELS:
+        raise ConfigError(f"--model {model_name!r}: choose one of {', '.join(sorted(MODELS))}")
+    if config.iterations < 1 or config.batch_size < 1 or config.crop_size < 8:
+        raise ConfigError("--iterations and --batch-size must be >= 1 and --crop-size >= 8")
+    if not 0 < config.scale_min <= config.scale_max:
+        raise ConfigError(f"--scale-min {config.scale_min} / --scale-max {config.scale_max}: need "
+                          "0 < scale-min <= scale-max")
+    run_dir = Path(run_dir)
+    folder = resolve_labels(labels, run_dir)
+    stage_dir = run_dir / "train" / model_name
+    upstream = {"labels": folder} if folder is not None else {}
+    digest = prepare_stage_dir(stage_dir, stage="train", method=model_name, config=config, dataset=dataset,
+                               upstream=upstream, overwrite=overwrite)
+    pairs = MaskPairs(dataset, folder, crop_size=config.crop_size,
+                      scale_range=(config.scale_min, config.scale_max), flip=config.flip)
+    dev = pick_device(device)
+    ckpt = stage_dir / CHECKPOINT
+    speed = {"channels_last": resolve_speed(config.channels_last, dev, "channels_last"),
+             "bf16": resolve_speed(config.bf16, dev, "bf16")}
+    if ckpt.exists():  # a resumed run keeps the numerics it started with
+        old = load_checkpoint(ckpt)["meta"]
+        speed = {k: bool(old.get("speed", {}).get(k, v)) for k, v in speed.items()}
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, num_classes=dataset.num_classes, backbone=config.backbone,
+                        weights=config.weights)
+    meta = {"model": model_name, "backbone": config.backbone, "num_classes": dataset.num_classes,
+            "classes": list(dataset.classes), "palette_name": dataset.palette_name, "speed": speed,
+            "config_hash": digest, "config": config_to_dict(config)}
+    val_ids = [i for i in val_dataset.ids if val_dataset.gt_path(i) is not None] if val_dataset is not None else []
+    if val_dataset is not None and not val_ids:
+        raise StageError(f"{val_dataset.root}: split {val_dataset.split!r} has no GT masks to validate on; "
+                         "choose another --val-split or leave it out")
+    t0 = time.time()
+    result = train_model(
+        model, pairs, stage_dir, iterations=config.iterations, batch_size=config.batch_size, lr=config.lr,
+        head_lr_mult=config.head_lr_mult, momentum=config.momentum, weight_decay=config.weight_decay,
+        poly_power=config.poly_power, seed=config.seed, device=dev, channels_last=speed["channels_last"],
+        bf16=speed["bf16"], loader_workers=config.loader_workers, checkpoint_every=config.checkpoint_every,
+        val_every=config.val_every, val_dataset=val_dataset if val_ids else None, val_ids=val_ids,
+        stop_at=stop_at, meta=meta, progress=progress,
+    )
+    if dist_env()[0] == 0:
+        info = read_json(stage_dir / "stage.json")
+        info.update({
+            "status": "stopped" if result.stopped_early else "complete",
+            "training": {"iterations_done": result.iterations, "iterations": config.iterations,
+                         "resumed_from": result.start_iteration, "train_images": len(pairs),
+                         "labels": "gt" if folder is None else str(folder.path),
+                         "seconds_this_run": round(result.seconds, 2),
+                         "images_per_second": result.images_per_second, "last_loss": result.last_loss,
+                         **result.speed},
+            "quality": result.validation if result.validation else info.get("quality"),
+            "validation": ({"split": val_dataset.split, "images": len(val_ids)} if val_ids else None),
+            "checkpoint": CHECKPOINT, "log": "log.csv",
+            "wall_seconds_total": round(info.get("wall_seconds_total", 0) + time.time() - t0, 2),
+        })
+        write_json(stage_dir / "stage.json", info)
+    return TrainSummary(stage_dir, result.checkpoint, result.iterations, result.start_iteration, result.seconds,
+                        result.images_per_second, result.validation, result.stopped_early, result.speed)
+

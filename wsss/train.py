@@ -1,0 +1,351 @@
+"""The training loop: SGD + poly learning rate, cross-entropy with ignore_index 255, checkpoints with exact resume,
+validation mIoU, CSV log, DistributedDataParallel under ``torchrun``.
+
+Recipe defaults (DeepLab-v2, Chen et al. 2017): SGD momentum 0.9, weight decay 5e-4, base learning rate 2.5e-4 with
+poly decay ``(1 - it / max_it) ** 0.9``, 10x learning rate on the head, random scale 0.5-1.5, crop 321, flip.
+
+Exact resume: the checkpoint holds the model, the optimizer (momentum buffers), the iteration and the RNG states;
+the data order and every crop are functions of ``(seed, rank, sample position)`` (:class:`wsss.pairs.ResumableSampler`),
+so a run stopped at iteration k and resumed ends with the same weights as an uninterrupted run (on CPU, where the
+kernels are deterministic).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import StageError, UnsafeFileError
+from .io import read_csv, write_bytes, write_csv
+from .labels import IGNORE
+from .metrics import confusion_matrix, scores_from_confusion
+from .models.inference import normalize_image, segment
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+LOG_HEADER = ["iteration", "epoch", "lr", "loss", "seconds", "images_per_second", "val_miou"]
+
+
+# ------------------------------------------------------------------------------------------ pure pieces
+def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
+    """The poly schedule ``base_lr * (1 - iteration / max_iterations) ** power``."""
+    return base_lr * (1.0 - iteration / max_iterations) ** power
+
+
+def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, crop_size: int,
+                 scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """DeepLab's training augmentation on one pair.
+
+    ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8 -> ``(image (3, c, c) float32 normalised, mask (c, c) int64)``
+    with ``c = crop_size``: random scale in ``scale_range`` (bilinear image, nearest mask), padding to the crop size
+    (image with the mean, i.e. 0 after normalisation; mask with 255), a random crop and a random horizontal flip.
+    """
+    import cv2
+
+    h, w = mask.shape
+    scale = float(rng.uniform(*scale_range))
+    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    img = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
+    msk = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST) if (nh, nw) != (h, w) else mask
+    img = normalize_image(img)
+    ph, pw = max(crop_size - nh, 0), max(crop_size - nw, 0)
+    if ph or pw:
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)))
+        msk = np.pad(msk, ((0, ph), (0, pw)), constant_values=IGNORE)
+    y0 = int(rng.integers(0, img.shape[0] - crop_size + 1))
+    x0 = int(rng.integers(0, img.shape[1] - crop_size + 1))
+    img = img[y0:y0 + crop_size, x0:x0 + crop_size]
+    msk = msk[y0:y0 + crop_size, x0:x0 + crop_size]
+    if flip and rng.random() < 0.5:
+        img, msk = img[:, ::-1], msk[:, ::-1]
+    return np.ascontiguousarray(img.transpose(2, 0, 1)), msk.astype(np.int64)
+
+
+def make_optimizer(model: nn.Module, *, lr: float, head_lr_mult: float, momentum: float,
+                   weight_decay: float) -> torch.optim.SGD:
+    """SGD with two parameter groups: backbone (``lr``) and head (``lr * head_lr_mult``)."""
+    from .models import split_parameters
+
+    backbone, head = split_parameters(model)
+    groups = [{"params": backbone, "lr": lr, "lr_mult": 1.0}, {"params": head, "lr": lr * head_lr_mult,
+                                                               "lr_mult": head_lr_mult}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+# ---------------------------------------------------------------------------------------- distributed
+def dist_env() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` outside torchrun)."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join torchrun's process group (nccl on GPU, gloo on CPU) when ``WORLD_SIZE`` > 1; returns (rank, world)."""
+    rank, world, _ = dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_env()[2] % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def resolve_speed(setting: str, device: torch.device, what: str) -> bool:
+    """Whether to use ``channels_last`` / ``bf16`` autocast: ``on``/``off`` as given; ``auto`` picks what
+    bench/bench_train.py measured faster: both on CUDA; on CPU channels_last yes, bf16 only where the CPU has
+    native bf16 (AVX512-BF16 or AMX)."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    if device.type == "cuda":
+        return True
+    if what == "channels_last":
+        return True
+    return cpu_has_bf16()
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def _sync_buffers(model: nn.Module, world: int) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+    if world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf.data, 0)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a wsss checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise StageError(f"{path}: checkpoint not found; point --checkpoint at a train stage folder or its "
+                         f"{CHECKPOINT}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for foreign/corrupt files
+        raise UnsafeFileError(f"{path}: not a readable wsss checkpoint ({type(exc).__name__}: {exc}); "
+                              "use a checkpoint.pt written by 'wsss train'") from None
+    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+        raise UnsafeFileError(f"{path}: not a wsss checkpoint (no model/meta); use one written by 'wsss train'")
+    return state
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+             "numpy_pos": int(pos), "numpy_has_gauss": int(has_gauss), "numpy_cached": float(cached),
+             "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+             "python_gauss": random.getstate()[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_cached"]))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ validation
+def evaluate_model(model: nn.Module, dataset, ids: list[str], *, device: torch.device, num_classes: int,
+                   scales=(1.0,), flip: bool = False, channels_last: bool = False, bf16: bool = False,
+                   world: int = 1, rank: int = 0) -> dict:
+    """mIoU of ``model`` on the GT of ``ids`` (sharded over ranks, confusion matrices summed)."""
+    was_training = model.training
+    model.eval()
+    cm = np.zeros((num_classes, num_classes + 1), np.int64)
+    for image_id in ids[rank::world]:
+        sample = dataset.load(image_id, gt=True)
+        if sample.gt is None:
+            continue
+        probs = segment(model, sample.image, scales=scales, flip=flip, device=device, channels_last=channels_last,
+                        bf16=bf16)
+        cm += confusion_matrix(sample.gt, probs.argmax(0).astype(np.uint8), num_classes)
+    if world > 1:
+        total = torch.from_numpy(cm)
+        dist.all_reduce(total)
+        cm = total.numpy()
+    model.train(was_training)
+    result = scores_from_confusion(cm, dataset.classes)
+    result["images"] = len(ids)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- loop
+@dataclass
+class TrainResult:
+    iterations: int
+    start_iteration: int
+    seconds: float
+    images_per_second: float | None
+    last_loss: float | None
+    validation: dict | None
+    checkpoint: Path
+    stopped_early: bool
+    speed: dict = field(default_factory=dict)
+
+
+def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batch_size: int, lr: float,
+                head_lr_mult: float = 10.0, momentum: float = 0.9, weight_decay: float = 5e-4,
+                poly_power: float = 0.9, seed: int = 0, device: torch.device | None = None,
+                channels_last: bool = False, bf16: bool = False, loader_workers: int = 0,
+                checkpoint_every: int = 500, log_every: int = 10, val_every: int = 0,
+                val_dataset=None, val_ids: list[str] | None = None, stop_at: int | None = None,
+                meta: dict | None = None, progress: bool = True) -> TrainResult:
+    """Train ``model`` on ``pairs`` (a :class:`wsss.pairs.MaskPairs`), resuming from ``out_dir/checkpoint.pt``.
+
+    ``stop_at`` ends the run early after that iteration (with a checkpoint), e.g. for time-sliced jobs; running
+    again continues the same schedule. Validation on ``val_dataset``/``val_ids`` runs every ``val_every``
+    iterations (0: only at the end) when given. Under torchrun every rank calls this; only rank 0 writes files.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from .pairs import ResumableSampler
+
+    out_dir = Path(out_dir)
+    device = device or torch.device("cpu")
+    rank, world = init_distributed(device)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, lr=lr, head_lr_mult=head_lr_mult, momentum=momentum,
+                               weight_decay=weight_decay)
+    ckpt_path = out_dir / CHECKPOINT
+    start = 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["iteration"])
+        _set_rng_state(state["rng"])
+        log.info("resuming %s at iteration %d of %d", ckpt_path, start, iterations)
+    else:
+        torch.manual_seed(seed)
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = ResumableSampler(len(pairs), batch_size=batch_size, iterations=iterations, start=start, seed=seed,
+                               rank=rank, world_size=world)
+    loader = DataLoader(pairs, batch_size=batch_size, sampler=sampler, num_workers=loader_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    log_path = out_dir / "log.csv"
+    rows = []
+    if rank == 0 and log_path.exists():  # keep the rows up to the checkpoint we resume from
+        rows = [[r[k] for k in LOG_HEADER] for r in read_csv(log_path) if int(r["iteration"]) <= start]
+
+    def checkpoint(iteration: int) -> None:
+        _sync_buffers(model, world)
+        if rank == 0:
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+                "rng": _rng_state(), "meta": dict(meta or {}),
+            })
+            write_csv(log_path, LOG_HEADER, rows)
+
+    def validate() -> dict | None:
+        if val_dataset is None or not val_ids:
+            return None
+        _sync_buffers(model, world)
+        return evaluate_model(model, val_dataset, val_ids, device=device, num_classes=val_dataset.num_classes,
+                              channels_last=channels_last, bf16=bf16, world=world, rank=rank)
+
+    model.train()
+    end = iterations if stop_at is None else min(iterations, stop_at)
+    bar = tqdm(total=iterations, initial=start, desc="train", unit="it", disable=(not progress) or rank != 0,
+               dynamic_ncols=True)
+    validation = None
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    t_log = t0
+    iteration = start
+    done_images = 0
+    stream = iter(loader)
+    while iteration < end:
+        images, masks = next(stream)
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        factor = (1.0 - iteration / iterations) ** poly_power
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"] * factor
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = net(images)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        iteration += 1
+        done_images += images.shape[0] * world
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr * factor:.2e}")
+        val_now = val_every > 0 and iteration % val_every == 0 and iteration < iterations
+        if iteration % log_every == 0 or iteration == end or val_now:
+            now = time.perf_counter()
+            if val_now:
+                validation = validate()
+            recent = losses[-log_every:]
+            rows.append([iteration, sampler.epoch_of(iteration - 1), f"{lr * factor:.6g}",
+                         f"{float(np.mean(recent)):.5f}", round(now - t0, 2),
+                         round(len(recent) * batch_size * world / max(now - t_log, 1e-9), 3),
+                         "" if not val_now or validation is None else validation["miou"]])
+            t_log = time.perf_counter()
+        if iteration % checkpoint_every == 0 or iteration == end:
+            checkpoint(iteration)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if iteration >= iterations and val_dataset is not None:
+        validation = validate()
+        if rows:
+            rows[-1][-1] = validation["miou"] if validation else ""
+        if rank == 0:
+            write_csv(log_path, LOG_HEADER, rows)
+    if world > 1:
+        dist.barrier()
+    return TrainResult(iterations=iteration, start_iteration=start, seconds=seconds,
+                       images_per_second=round(done_images / seconds, 3) if done_images and seconds > 0 else None,
+                       last_loss=losses[-1] if losses else None, validation=validation, checkpoint=ckpt_path,
+                       stopped_early=iteration < iterations,
+                       speed={"channels_last": channels_last, "bf16": bf16, "device": str(device),
+                              "world_size": world})
