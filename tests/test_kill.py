@@ -109,7 +109,8 @@ def _assert_same_outputs(stage: Path, reference: Path) -> None:
     assert info["quality"] == ref_info["quality"] and info["config_hash"] == ref_info["config_hash"]
 
 
-def _kill_resume_compare(cmd_for, stage_of, tmp_path: Path, seed: int, kills: int = 4) -> list[int]:
+def _kill_resume_compare(cmd_for, stage_of, tmp_path: Path, seed: int, kills: int = 4,
+                         n_images: int = N_IMAGES) -> list[int]:
     """Uninterrupted run, then ``kills`` random kills + a final resume; returns the mask counts at the kills."""
     ref_run, run = tmp_path / "ref", tmp_path / "run"
     t0 = time.monotonic()
@@ -124,7 +125,7 @@ def _kill_resume_compare(cmd_for, stage_of, tmp_path: Path, seed: int, kills: in
             counts.append(_kill_at(cmd_for(run), stage / "masks", after_seconds=when))
         else:  # by progress: a random number of finished images
             have = _count(stage / "masks")
-            target = int(rng.integers(have + 1, N_IMAGES)) if have + 1 < N_IMAGES else N_IMAGES
+            target = int(rng.integers(have + 1, n_images)) if have + 1 < n_images else n_images
             counts.append(_kill_at(cmd_for(run), stage / "masks", at_masks=target))
         _check_no_half_files(stage, reference)
     done = _run_to_end(cmd_for(run))
@@ -160,3 +161,42 @@ def test_stale_temp_files_of_a_killed_run_are_removed_on_resume(demo_root, tmp_p
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "1 written, 11 resumed" in result.output
     assert not [p for p in stage.rglob("*") if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def small_kill_data(tmp_path_factory) -> Path:
+    return make_demo_data(tmp_path_factory.mktemp("kill_small") / "data", 30, size=(128, 160), seed=22)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["grabcut", "box"])
+def test_box_seeds_killed_at_random_points_resume_identically(small_kill_data, tmp_path, method):
+    from wsss.stages.seeds import SEED_METHODS
+
+    if method not in SEED_METHODS:
+        pytest.skip(f"seed method {method} not registered")
+
+    def cmd_for(run):
+        return [*WSSS, "seeds", "--method", method, "--dataset", str(small_kill_data), "--run", str(run)]
+
+    counts = _kill_resume_compare(cmd_for, lambda run: run / "seeds" / method, tmp_path, seed=3, kills=3,
+                                  n_images=30)
+    print(method, "masks at the kills:", counts)
+    assert any(0 < c < 30 for c in counts), f"no kill landed mid-run: {counts}"
+
+
+@pytest.mark.slow
+def test_crf_refine_killed_at_random_points_resume_identically(small_kill_data, tmp_path):
+    upstream_run = tmp_path / "up"
+    _run_to_end([*WSSS, "seeds", "--method", "grabcut", "--dataset", str(small_kill_data), "--run",
+                 str(upstream_run)])
+    upstream = upstream_run / "seeds" / "grabcut"
+
+    def cmd_for(run):
+        return [*WSSS, "refine", "--crf", "--input", str(upstream), "--dataset", str(small_kill_data), "--run",
+                str(run)]
+
+    counts = _kill_resume_compare(cmd_for, lambda run: run / "refined" / "crf", tmp_path, seed=4, kills=3,
+                                  n_images=30)
+    print("crf masks at the kills:", counts)
+    assert any(0 < c < 30 for c in counts), f"no kill landed mid-run: {counts}"
