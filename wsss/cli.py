@@ -303,3 +303,96 @@ def report_cmd(run_dir, samples):
     from .report import write_report
 
     click.echo(str(write_report(Path(run_dir), samples=samples)))
+
+
+# ----------------------------------------------------------------------------------- train / predict
+class RegistryChoice(click.Choice):
+    """``click.Choice`` over a registry's keys, read when first needed, so ``wsss --help`` does not import torch."""
+
+    def __init__(self, load_keys, case_sensitive: bool = True):
+        self._load_keys = load_keys
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self):
+        return tuple(self._load_keys())
+
+
+def _model_names():
+    from .models import MODELS
+
+    return sorted(MODELS)
+
+
+def _config_options(config_cls):
+    from types import SimpleNamespace
+
+    return method_options({config_cls.__name__.replace("Config", "").lower(): SimpleNamespace(config_cls=config_cls)})
+
+
+from .config import PredictConfig, TrainConfig  # noqa: E402
+
+
+@main.command()
+@click.option("--model", "model_name", required=True, type=RegistryChoice(_model_names),
+              help="model of the registry (wsss.models.MODELS), e.g. deeplabv2")
+@click.option("--labels", required=True,
+              help="masks to train on: a stage folder (a path, or STAGE/METHOD under --run, e.g. labels/guide) "
+                   "or 'gt' for the dataset's GT masks")
+@click.option("--dataset", "dataset_path", required=True, type=click.Path(file_okay=False),
+              help="dataset folder (VOC, folder or CamVid layout; detected)")
+@click.option("--split", default="train", show_default=True, help="split to train on")
+@click.option("--val-split", default=None, help="split with GT to report mIoU on (e.g. val) [default: none]")
+@click.option("--run", "run_dir", default="runs/default", show_default=True, type=click.Path(file_okay=False),
+              help="run folder; training writes RUN/train/MODEL/")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1")
+@click.option("--stop-at", default=None, type=click.IntRange(1),
+              help="stop after this iteration (checkpointed); the same command later continues the schedule")
+@click.option("--threads", default=None, type=click.IntRange(1), help="torch CPU threads [default: torch's]")
+@click.option("--overwrite/--no-overwrite", default=False, help="start again from scratch")
+@_config_options(TrainConfig)
+def train(model_name, labels, dataset_path, split, val_split, run_dir, device, stop_at, threads, overwrite,
+          **options):
+    """Train a segmentation model on a mask stage folder (pseudo masks, seeds or GT) into RUN/train/MODEL/.
+
+    Re-running the same command resumes from checkpoint.pt with the same schedule. Several processes:
+    torchrun --nproc-per-node N -m wsss train ... (DDP; gloo on CPU, nccl on GPU).
+    """
+    from .stages.train import run_train
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    config = build_config(TrainConfig, {k: v for k, v in options.items() if v is not None}, where="wsss train")
+    dataset = _open(dataset_path, split)
+    val = _open(dataset_path, val_split) if val_split else None
+    s = run_train(model_name, config, dataset, Path(run_dir), labels=labels, val_dataset=val, device=device,
+                  stop_at=stop_at, overwrite=overwrite)
+    from .train import dist_env
+
+    if dist_env()[0] != 0:
+        return
+    state = "stopped (re-run to continue)" if s.stopped_early else "complete"
+    ips = f"{s.images_per_second:.2f} img/s" if s.images_per_second else "-"
+    click.echo(f"{s.stage_dir}: {state} at iteration {s.iterations} (from {s.start_iteration}), "
+               f"{s.seconds:.1f}s, {ips}; checkpoint {s.checkpoint}")
+    if s.validation:
+        click.echo(f"val mIoU {s.validation['miou']:.2f}  pixel acc. {s.validation['pixel_accuracy']:.2f}  "
+                   f"({s.validation['images']} images of split {val_split})")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="checkpoint.pt of 'wsss train' (or its RUN/train/MODEL folder)")
+@common_stage_options
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda")
+@_config_options(PredictConfig)
+def predict(checkpoint, dataset_path, split, run_dir, workers, overwrite, overlays, device, **options):
+    """Predict masks (+ scores/) with a trained model into RUN/predictions/MODEL/ (multi-scale + flip optional)."""
+    from .stages.predict import run_predict
+
+    config = build_config(PredictConfig, {k: v for k, v in options.items() if v is not None}, where="wsss predict")
+    summary = run_predict(checkpoint, config, _open(dataset_path, split), Path(run_dir), device=device,
+                          workers=workers, overwrite=overwrite, overlays=overlays)
+    finish_stage(summary)

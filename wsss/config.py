@@ -201,3 +201,42 @@ class CRFConfig:
     confidence: float = option(0.7, "unary from a hard mask: probability put on the pixel's label")
     keep_ignore: bool = option(False, "pixels that are 255 in the input stay 255 (default: the CRF labels them)")
     box_prior: bool = option(True, "with boxes: a class only inside its own boxes, background outside every box")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``wsss train``: DeepLab-v2's recipe (Chen et al. 2017) as defaults; applies to every zoo model."""
+
+    backbone: typing.Optional[str] = option(None, "backbone, e.g. resnet101, resnet50, resnet18 (default: the "
+                                                  "model's paper backbone)")
+    weights: typing.Optional[str] = option(None, "'imagenet' loads torchvision's ImageNet weights into the backbone "
+                                                 "(downloads once); default: random initialisation")
+    iterations: int = option(20000, "training iterations (the paper: 20k at batch 10 on VOC)")
+    batch_size: int = option(10, "images per iteration and process")
+    lr: float = option(2.5e-4, "base learning rate (backbone); poly decay to 0")
+    head_lr_mult: float = option(10.0, "learning-rate multiplier of the head (the paper: 10)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    poly_power: float = option(0.9, "power of the poly learning-rate schedule")
+    crop_size: int = option(321, "square training crop (pixels); smaller images are padded with 255 labels")
+    scale_min: float = option(0.5, "smallest random scale")
+    scale_max: float = option(1.5, "largest random scale")
+    flip: bool = option(True, "random horizontal flips")
+    seed: int = option(0, "seed of the initialisation, the data order and the crops")
+    checkpoint_every: int = option(500, "write checkpoint.pt every N iterations (and at the end)")
+    val_every: int = option(0, "validate every N iterations on --val-split (0: only at the end)")
+    channels_last: str = option("auto", "channels_last memory format (auto: where bench_train measured faster)",
+                                ("auto", "on", "off"))
+    bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16)", ("auto", "on", "off"))
+    loader_workers: int = option(1, "DataLoader worker processes (image reading + augmentation)")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """``wsss predict``: masks and class probabilities from a trained checkpoint."""
+
+    scales: tuple[float, ...] = option((1.0,), "comma-separated image scales averaged at inference, "
+                                               "e.g. 0.5,0.75,1.0,1.25")
+    flip: bool = option(False, "also average the mirrored image")
+    write_scores: bool = option(True, "write scores/<id>.npz (K, H, W) class probabilities")
+    bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16)", ("auto", "on", "off"))
