@@ -172,3 +172,22 @@ def _brief(quality: dict | None) -> dict | None:
         return None
     keys = ("miou", "labelled_miou", "coverage", "pixel_accuracy", "mean_precision", "mean_recall", "images")
     return {k: quality.get(k) for k in keys}
+
+
+def run_demo_recipe(run_dir: Path, *, images: int = 60, workers: int = 2, overwrite: bool = False,
+                    echo: Callable[[str], None] = print) -> tuple[list[StepResult], Path]:
+    """``wsss demo``: make (or reuse) ``run_dir/data``, run ``pipelines/demo.yaml`` on it, write the report.
+
+    Returns the step results and the report's path.
+    """
+    from ..datasets import make_demo_data
+    from ..recipes import load_recipe
+    from ..report import write_report
+
+    run_dir = Path(run_dir)
+    data = run_dir / "data"
+    if not (data / "ImageSets" / "Segmentation" / "trainval.txt").exists():
+        echo(f"generating {images} demo images in {data}")
+        make_demo_data(data, images)
+    results = run_recipe(load_recipe("demo"), data, run_dir, workers=workers, overwrite=overwrite, echo=echo)
+    return results, write_report(run_dir)
