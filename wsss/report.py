@@ -383,7 +383,7 @@ header .meta { opacity:.85; font-size:13px; }
 .flow { margin-top:12px; display:flex; flex-wrap:wrap; gap:6px; align-items:center; }
 .flow span.step { background:#ffffff22; border:1px solid #ffffff44; border-radius:14px; padding:2px 10px;
                   font-size:12.5px; }
-.flow span.arrow { opacity:.7; }
+.flow span.step small { opacity:.75; }
 main { padding:18px 32px 40px; max-width:1600px; }
 section { background:#fff; border:1px solid var(--line); border-radius:10px; padding:16px 20px; margin:16px 0;
           box-shadow:0 1px 2px #0000000a; }
@@ -468,7 +468,13 @@ def write_report(run_dir: str | Path, *, samples: int = 8, title: str | None = N
     if dataset is not None:
         data_desc = (f"{_esc(dataset.root)} · {dataset.layout} layout · split {_esc(dataset.split)} · "
                      f"{len(dataset.ids)} images · {dataset.num_classes} classes")
-    flow = '<span class="arrow">→</span>'.join(f'<span class="step">{_esc(st.name)}</span>' for st in stages)
+    reads = {step["name"]: list((step.get("inputs") or {}).values()) for step in run_info.get("steps", [])}
+    chips = []
+    for st in stages:
+        src = reads.get(st.name) or []
+        via = f' <small>← {_esc(", ".join(src))}</small>' if src else ""
+        chips.append(f'<span class="step" title="{_esc(st.folder)}">{_esc(st.name)}{via}</span>')
+    flow = "".join(chips)
     scored = [st for st in stages if (st.quality or {}).get("miou") is not None]
     best = max(scored, key=lambda st: st.quality["miou"]) if scored else None
     total_s = sum(_stage_seconds(st) or 0 for st in stages)
