@@ -152,10 +152,19 @@ def voc_corpus(tmp_path_factory):
     root = sandbox / "data"
     shutil.copytree(clean, root)
     expected = _damage_voc(root)
+    # the reference dataset: the clean set with each odd image replaced by its documented RGB conversion (lossless)
+    # and demo_0012's box already clipped; any method must give the same masks on it as on the damaged corpus
+    reference = base / "reference"
+    shutil.copytree(clean, reference)
+    for image_id, rgb in expected.items():
+        (reference / "JPEGImages" / f"{image_id}.jpg").unlink()
+        Image.fromarray(rgb).save(reference / "JPEGImages" / f"{image_id}.png")
+    _add_objects(reference / "Annotations" / "demo_0012.xml", [("disc", 1, 1, 30, 30)])
     before = _files_under(sandbox)
     result = _seeds_cli(root, sandbox / "run")
     stage = sandbox / "run" / "seeds" / "threshold"
     return {"clean": clean, "ref": base / "ref" / "seeds" / "threshold", "root": root, "sandbox": sandbox,
+            "reference": reference,
             "before": before, "result": result, "stage": stage, "expected": expected}
 
 
@@ -252,6 +261,97 @@ def test_voc_corpus_rerun_resumes_and_keeps_the_failures(voc_corpus, tmp_path):
     result = _seeds_cli(voc_corpus["root"], run)
     assert result.exit_code == 1
     assert "0 written, 11 resumed, 14 failed" in result.output
+
+
+@pytest.mark.parametrize("method", ["box", "grabcut"])
+def test_voc_corpus_through_the_box_seed_methods(voc_corpus, tmp_path, method):
+    """The same corpus through the other per-image seed methods: same failures, the rest equal to a run on the
+    reference dataset (odd images already converted), nothing written outside the stage folder."""
+    from wsss.stages.seeds import SEED_METHODS
+
+    if method not in SEED_METHODS:
+        pytest.skip(f"seed method {method} not registered")
+    sandbox = tmp_path / "sandbox"
+    shutil.copytree(voc_corpus["sandbox"] / "data", sandbox / "data")
+    shutil.copy(voc_corpus["sandbox"] / "evil.jpg", sandbox / "evil.jpg")
+    before = _files_under(sandbox)
+    args = ["seeds", "--method", method, "--dataset"]
+    result = CliRunner().invoke(main, [*args, str(sandbox / "data"), "--run", str(sandbox / "run")])
+    ref = CliRunner().invoke(main, [*args, str(voc_corpus["reference"]), "--run", str(tmp_path / "ref")])
+    assert ref.exit_code == 0, ref.output
+    assert result.exit_code == 1 and "14 image(s) failed" in result.stderr
+    stage, ref_stage = sandbox / "run" / "seeds" / method, tmp_path / "ref" / "seeds" / method
+    rows = read_csv(stage / "manifest.csv")
+    failed = {r["image_id"]: r["error"] for r in rows if r["status"] == "failed"}
+    cases = {**{k: v[1] for k, v in VOC_FAILURES.items()}, **VOC_BAD_IDS}
+    assert set(failed) == set(cases) | {DUPLICATE}
+    for image_id, needles in cases.items():
+        assert all(n in failed[image_id] for n in needles), (image_id, failed[image_id])
+    info = json.loads((stage / "stage.json").read_text())
+    assert len(info["failures"]) == 14
+    ok = sorted(r["image_id"] for r in rows if r["status"] == "ok")
+    assert ok == sorted(set(f"demo_{k:04d}" for k in range(N_IMAGES)) - set(VOC_FAILURES))
+    for image_id in ok:
+        for sub, ext in (("masks", ".png"), ("scores", ".npz")):
+            if (ref_stage / sub / f"{image_id}{ext}").exists():
+                assert (stage / sub / f"{image_id}{ext}").read_bytes() == \
+                    (ref_stage / sub / f"{image_id}{ext}").read_bytes(), (sub, image_id)
+    assert [p for p in _files_under(sandbox) - before if stage not in p.parents] == []
+
+
+def test_refine_survives_a_damaged_upstream_stage(voc_corpus, tmp_path):
+    """refine --crf over an upstream seeds folder with bad masks, tampered / truncated scores, a failed row and a
+    missing file: each image named with its file and fix, the others equal to a run on the intact upstream."""
+    clean = voc_corpus["clean"]
+    up = tmp_path / "up"
+    assert CliRunner().invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(clean), "--run",
+                                     str(up)]).exit_code == 0
+    intact = up / "seeds" / "grabcut"
+    damaged = tmp_path / "damaged"
+    shutil.copytree(intact, damaged)
+    Image.fromarray(np.zeros((10, 10), np.uint8), "L").save(damaged / "masks" / "demo_0001.png")
+    with Image.open(damaged / "masks" / "demo_0002.png") as im:
+        bad = np.asarray(im).copy()
+    bad[0, 0] = 40
+    Image.fromarray(bad, "L").save(damaged / "masks" / "demo_0002.png")
+    (damaged / "masks" / "demo_0003.png").write_bytes(b"garbage")
+    sentinel = tmp_path / "executed"
+    np.savez(damaged / "scores" / "demo_0004.npz", scores=np.array([_Payload(sentinel)], dtype=object),
+             class_ids=np.array([0]))
+    data = (damaged / "scores" / "demo_0005.npz").read_bytes()
+    (damaged / "scores" / "demo_0005.npz").write_bytes(data[: len(data) // 2])
+    manifest = (damaged / "manifest.csv").read_text().replace("demo_0006,masks/demo_0006.png,scores/demo_0006.npz,ok,",
+                                                              "demo_0006,,,failed,GrabCut exploded")
+    (damaged / "manifest.csv").write_text(manifest)
+    (damaged / "masks" / "demo_0007.png").unlink()
+    expected = {
+        "demo_0001": ["mask of 'demo_0001' is 10x10, the image 80x64"],
+        "demo_0002": ["damaged/masks/demo_0002.png", "mask values [40]", "relabel them or fix the class list"],
+        "demo_0003": ["damaged/masks/demo_0003.png", "cannot decode mask", "re-export it"],
+        "demo_0004": ["damaged/scores/demo_0004.npz", "not a plain numeric .npz", "delete it and re-run"],
+        "demo_0005": ["damaged/scores/demo_0005.npz", "delete it and re-run"],
+        "demo_0006": [f"{damaged}: no output for image 'demo_0006'", "GrabCut exploded", "re-run that stage"],
+        "demo_0007": ["damaged/masks/demo_0007.png", "mask file not found"],
+    }
+    args = ["refine", "--crf", "--dataset", str(clean), "--input"]
+    result = CliRunner().invoke(main, [*args, str(damaged), "--run", str(tmp_path / "run")])
+    ref = CliRunner().invoke(main, [*args, str(intact), "--run", str(tmp_path / "ref")])
+    assert ref.exit_code == 0, ref.output
+    assert result.exit_code == 1 and f"{len(expected)} image(s) failed" in result.stderr
+    assert not sentinel.exists()
+    stage, ref_stage = tmp_path / "run" / "refined" / "crf", tmp_path / "ref" / "refined" / "crf"
+    rows = read_csv(stage / "manifest.csv")
+    failed = {r["image_id"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert set(failed) == set(expected)
+    for image_id, needles in expected.items():
+        assert all(n in failed[image_id] for n in needles), (image_id, failed[image_id])
+    info = json.loads((stage / "stage.json").read_text())
+    assert {f["image_id"] for f in info["failures"]} == set(expected)
+    ok = [r["image_id"] for r in rows if r["status"] == "ok"]
+    assert len(ok) == N_IMAGES - len(expected)
+    for image_id in ok:
+        assert (stage / "masks" / f"{image_id}.png").read_bytes() == \
+            (ref_stage / "masks" / f"{image_id}.png").read_bytes()
 
 
 # --------------------------------------------------------------------------------------- folder corpus
