@@ -172,6 +172,15 @@ def test_cli_train_on_a_stage_then_predict(demo_root, tmp_path):
         assert scores.shape == (6, 64, 80) and np.allclose(scores.sum(0), 1.0, atol=1e-2)
         assert np.array_equal(scores.argmax(0), mask) or (scores.argmax(0) != mask).mean() < 0.01
     assert read_json(pred / "stage.json")["quality"]["images"] == 3
+    res = runner.invoke(main, ["predict", "--checkpoint", str(run / "train/deeplabv2/checkpoint.pt"), "--dataset",
+                               str(demo_root), "--split", "val", "--run", str(run), "--crf", "--no-write-scores",
+                               "--overwrite"])
+    assert res.exit_code == 0, res.output
+    rows = read_csv(pred / "manifest.csv")
+    assert all(r["status"] == "ok" and r["scores"] == "" for r in rows)
+    assert read_json(pred / "stage.json")["config"]["crf"] is True
+    crf_mask = read_mask(pred / rows[0]["mask"])
+    assert crf_mask.shape == (64, 80) and set(np.unique(crf_mask)) <= set(np.unique(mask)) | {0}
 
 
 def test_cli_errors(demo_root, tmp_path):

@@ -238,5 +238,8 @@ class PredictConfig:
     scales: tuple[float, ...] = option((1.0,), "comma-separated image scales averaged at inference, "
                                                "e.g. 0.5,0.75,1.0,1.25")
     flip: bool = option(False, "also average the mirrored image")
+    crf: bool = option(False, "refine the mask with the dense CRF of 'wsss refine' (wsss.crf) over the classes "
+                              "the network predicts in the image; scores/ keep the network's probabilities")
+    crf_preset: str = option("deeplab", "CRF pairwise parameters (see wsss refine)", ("deeplab", "psa"))
     write_scores: bool = option(True, "write scores/<id>.npz (K, H, W) class probabilities")
     bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16)", ("auto", "on", "off"))

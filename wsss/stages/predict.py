@@ -53,6 +53,12 @@ class PredictJob:
         probs = segment(model, sample.image, scales=self.config.scales, flip=self.config.flip, device=self.device,
                         channels_last=bool(meta.get("speed", {}).get("channels_last")), bf16=self.bf16)
         mask = probs.argmax(0).astype(np.uint8)
+        if self.config.crf:
+            from ..crf import crf_refine
+
+            present = np.unique(np.concatenate([[0], np.unique(mask)])).astype(np.int64)
+            mask = crf_refine(sample.image, scores=probs[present], class_ids=present, box_prior=False,
+                              preset=self.config.crf_preset)
         scores = probs if self.config.write_scores else None
         return ImageResult(mask, scores=scores, class_ids=np.arange(probs.shape[0]))
 
