@@ -46,6 +46,17 @@ def test_initial_selection_picks_best_box_match_and_labels():
     np.testing.assert_array_equal(labels, expect)
 
 
+def test_initial_selection_tie_tolerance_prefers_the_larger_near_tie():
+    core = _rect(SHAPE, 10, 8, 30, 28) & ~_rect(SHAPE, 12, 10, 28, 26)   # frame: box IoU 1.0, 72 pixels
+    fuller = _rect(SHAPE, 10, 9, 30, 28)                                   # box IoU 0.95, 380 pixels
+    far = _rect(SHAPE, 10, 8, 22, 28)                                      # box IoU 0.6, 240 pixels
+    cands = candidates_from_masks([core, far, fuller])
+    box = np.array([[1, 10, 8, 30, 28]])
+    assert initial_selection(cands, box, tie_tolerance=0.0).tolist() == [0]
+    assert initial_selection(cands, box, tie_tolerance=0.06).tolist() == [2]
+    assert initial_selection(cands, box, tie_tolerance=0.5).tolist() == [2]
+
+
 def test_overlap_rule_smaller_candidate_wins_and_clip_to_box():
     big = _rect(SHAPE, 0, 0, 30, 30)
     small = _rect(SHAPE, 10, 10, 20, 20)
@@ -73,7 +84,7 @@ def test_round_with_perfect_network_selects_its_candidate():
     disc = _disc(SHAPE, 20, 18, 9)                                          # the object: box [11, 9, 30, 28]
     blob = _rect(SHAPE, 8, 6, 31, 30)
     cands = candidates_from_masks([frame, blob, disc])
-    assert initial_selection(cands, box).tolist() == [0]                   # boxes alone pick the frame
+    assert initial_selection(cands, box, tie_tolerance=0).tolist() == [0]  # boxes alone pick the frame
     target = np.zeros(SHAPE, np.uint8)
     target[disc] = 2
     probs = _one_hot_probs(target, 3)                                       # a network predicting the disc
@@ -218,3 +229,61 @@ def test_read_candidates_refuses_foreign_files(tmp_path):
     with pytest.raises(ImageError, match="wsss candidates"):
         read_candidates(tmp_path / "missing.npz")
 
+
+def _tiny_boxsup(**kw):
+    from wsss.config import BoxSupConfig
+
+    base = dict(boxsup_rounds=1, model="deeplabv2", backbone="resnet18", iterations=2, batch_size=2, crop_size=32,
+                lr=1e-3, top_k=2, device="cpu")
+    base.update(kw)
+    return BoxSupConfig(**base)
+
+
+@pytest.mark.slow
+def test_boxsup_rounds_write_evaluable_folders_and_resume(demo_root, tmp_path):
+    from wsss.datasets import open_dataset
+    from wsss.io import read_json
+    from wsss.stages.boxsup import run_boxes_guide
+    from wsss.stages.folder import StageFolder
+
+    ds = open_dataset(demo_root, "train")
+    summary, rounds = run_boxes_guide(_tiny_boxsup(val_split="val"), ds, tmp_path, workers=1)
+    assert summary.ok and [r["round"] for r in rounds] == [0, 1]
+    for name in ("labels/boxes_r0", "labels/boxes_r1", "labels/boxes", "candidates/selective"):
+        folder = StageFolder.open(tmp_path / name)
+        assert sorted(folder.ok_ids) == sorted(ds.ids), name
+        assert read_json(tmp_path / name / "stage.json")["quality"]["miou"] > 0
+    assert (tmp_path / "train" / "boxsup_r1" / "checkpoint.pt").exists()
+    assert rounds[1]["network_val_miou"] is not None
+    final = StageFolder.open(tmp_path / "labels" / "boxes")
+    last = StageFolder.open(tmp_path / "labels" / "boxes_r1")
+    for i in ds.ids:
+        np.testing.assert_array_equal(final.mask(i), last.mask(i))
+        values = set(np.unique(final.mask(i)).tolist())
+        assert values <= {0} | {int(b[0]) for b in ds.load(i, image=False).boxes}
+    # a second run skips every round (same labels, no retraining)
+    mtime = (tmp_path / "train" / "boxsup_r1" / "checkpoint.pt").stat().st_mtime
+    summary2, rounds2 = run_boxes_guide(_tiny_boxsup(val_split="val"), ds, tmp_path, workers=1)
+    assert summary2.done == 0 and rounds2 == rounds
+    assert (tmp_path / "train" / "boxsup_r1" / "checkpoint.pt").stat().st_mtime == mtime
+    # round 1's draws are seeded: redoing the round from the same network gives the same labels
+    import shutil
+
+    before = {i: last.mask(i) for i in ds.ids}
+    shutil.rmtree(tmp_path / "labels" / "boxes_r1")
+    run_boxes_guide(_tiny_boxsup(val_split="val"), ds, tmp_path, workers=2)
+    redone = StageFolder.open(tmp_path / "labels" / "boxes_r1")
+    for i in ds.ids:
+        np.testing.assert_array_equal(redone.mask(i), before[i])
+
+
+def test_boxsup_bad_config_is_refused(demo_root, tmp_path):
+    from wsss.datasets import open_dataset
+    from wsss.errors import ConfigError
+    from wsss.stages.boxsup import run_boxsup_rounds
+
+    ds = open_dataset(demo_root, "train")
+    with pytest.raises(ConfigError, match="--model"):
+        run_boxsup_rounds(_tiny_boxsup(model="nope"), ds, tmp_path)
+    with pytest.raises(ConfigError, match="--top-k"):
+        run_boxsup_rounds(_tiny_boxsup(top_k=0), ds, tmp_path)

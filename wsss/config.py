@@ -59,6 +59,8 @@ class BoxSupConfig:
 
     boxsup_rounds: int = option(2, "network rounds after the initial selection (0: initial labels only)")
     boxsup_lambda: float = option(1.0, "weight of the network's cross-entropy in the candidate cost")
+    tie_tolerance: float = option(0.05, "initial selection: among candidates within this of the best box IoU, "
+                                        "take the largest (0: plain arg-max)")
     top_k: int = option(5, "draw the new candidate at random among the k lowest-cost ones (1: the best)")
     clip_to_box: bool = option(True, "candidate pixels outside their box stay background")
     boxsup_seed: int = option(0, "seed of the top-k draws and of the training runs")
@@ -238,8 +240,5 @@ class PredictConfig:
     scales: tuple[float, ...] = option((1.0,), "comma-separated image scales averaged at inference, "
                                                "e.g. 0.5,0.75,1.0,1.25")
     flip: bool = option(False, "also average the mirrored image")
-    crf: bool = option(False, "refine the mask with the dense CRF of 'wsss refine' (wsss.crf) over the classes "
-                              "the network predicts in the image; scores/ keep the network's probabilities")
-    crf_preset: str = option("deeplab", "CRF pairwise parameters (see wsss refine)", ("deeplab", "psa"))
     write_scores: bool = option(True, "write scores/<id>.npz (K, H, W) class probabilities")
     bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16)", ("auto", "on", "off"))

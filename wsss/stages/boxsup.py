@@ -1,0 +1,274 @@
+"""BoxSup's iterative runner: the ``boxes`` label guide (``wsss label --guide boxes --boxsup-rounds R``).
+
+Folders (each an ordinary stage folder, so every round can be evaluated, inspected and trained on)::
+
+    RUN/candidates/selective/    candidate masks per image (made with default settings when --candidates is not given)
+    RUN/labels/boxes_r0/         round 0: for each box the candidate whose box matches it best
+    RUN/train/boxsup_r1/         round 1: MODEL trained on boxes_r0 (checkpoint.pt, log.csv, stage.json)
+    RUN/labels/boxes_r1/         round 1: candidates re-selected with that network's probabilities
+    ...
+    RUN/labels/boxes/            the last round's labels (the guide's own folder) + boxsup.json (every round's quality)
+
+Resume: a round whose labels folder is complete for the same config is skipped, a finished training is not rerun,
+an interrupted one continues from its checkpoint, an interrupted labels folder from its last image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import BoxSupConfig, CandidatesConfig, TrainConfig
+from ..datasets import Dataset, Sample, open_dataset
+from ..errors import ConfigError, ImageError, StageError
+from ..io import read_json, write_json
+from .candidates import CANDIDATE_METHODS, read_candidates, unlabelled_mask
+from .folder import StageFolder
+from .runner import ImageResult, StageSummary, prepare_stage_dir, run_images, run_method_stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BoxSupRoundJob:
+    """One image of one round: read its candidates, select per box (round 0: box match; later: BoxSup cost with
+    the round's network), paint the labels."""
+
+    candidates_dir: str
+    config: BoxSupConfig
+    round_index: int
+    checkpoint: str | None = None
+    device: str = "cpu"
+
+    @property
+    def needs_image(self) -> bool:
+        return self.checkpoint is not None
+
+    def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
+        from ..label.boxsup import image_rng, initial_selection, labels_from_selection, update_selection
+
+        cands = read_candidates(Path(self.candidates_dir) / "candidates" / f"{sample.id}.npz")
+        shape = sample.image.shape[:2] if sample.image is not None else (
+            sample.gt.shape if sample.gt is not None else cands.shape)
+        if tuple(cands.shape) != tuple(shape):
+            raise ImageError(f"{self.candidates_dir}: candidates of {sample.id!r} are {cands.shape}, the image "
+                             f"{tuple(shape)}; re-run the candidates stage for this dataset")
+        mask = unlabelled_mask(sample, shape)
+        if mask is not None:
+            return ImageResult(mask)
+        if self.checkpoint is None:
+            selection = initial_selection(cands, sample.boxes, tie_tolerance=self.config.tie_tolerance)
+            return ImageResult(labels_from_selection(cands, sample.boxes, selection,
+                                                     clip_to_box=self.config.clip_to_box))
+        from ..models.inference import segment
+        from .predict import load_trained_model
+
+        model, meta = load_trained_model(self.checkpoint, self.device)
+        probs = segment(model, sample.image, device=self.device,
+                        channels_last=bool(meta.get("speed", {}).get("channels_last")))
+        selection, _ = update_selection(cands, sample.boxes, probs, lam=self.config.boxsup_lambda,
+                                        top_k=self.config.top_k, clip_to_box=self.config.clip_to_box,
+                                        rng=image_rng(self.config.boxsup_seed, self.round_index, sample.id))
+        return ImageResult(labels_from_selection(cands, sample.boxes, selection, clip_to_box=self.config.clip_to_box))
+
+
+@dataclass
+class CopyLabelsJob:
+    """The guide's own folder: the last round's masks."""
+
+    labels_dir: str
+    needs_image = False
+
+    def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
+        folder = _FOLDERS.get(self.labels_dir)
+        if folder is None:
+            folder = _FOLDERS[self.labels_dir] = StageFolder.open(self.labels_dir)
+        return ImageResult(folder.mask(sample.id))
+
+
+_FOLDERS: dict[str, StageFolder] = {}
+
+
+@dataclass(frozen=True)
+class RoundTrainConfig:
+    """What a round's training folder is hashed with (and records): the BoxSup config and the training config."""
+
+    boxsup: dict
+    train: dict
+
+
+def _prepare_owned(stage_dir: Path, *, stage: str, method: str, config, dataset: Dataset, upstream: dict,
+                   overwrite: bool) -> str:
+    """``prepare_stage_dir`` for the folders the boxes guide owns (rounds and their trainings): one made with
+    another config is stale (the guide itself is refused or overwritten first), so it is redone with a warning."""
+    if isinstance(config, tuple):  # a round's training: hashed with the whole BoxSup config
+        config = RoundTrainConfig(dataclasses.asdict(config[0]), dataclasses.asdict(config[1]))
+    try:
+        return prepare_stage_dir(stage_dir, stage=stage, method=method, config=config, dataset=dataset,
+                                 upstream=upstream, overwrite=overwrite)
+    except StageError as exc:
+        log.warning("%s; the boxes guide redoes it", exc)
+        return prepare_stage_dir(stage_dir, stage=stage, method=method, config=config, dataset=dataset,
+                                 upstream=upstream, overwrite=True)
+
+
+def _check(config: BoxSupConfig) -> None:
+    from ..models import MODELS
+
+    if config.model not in MODELS:
+        raise ConfigError(f"--model {config.model!r}: choose one of {', '.join(sorted(MODELS))}")
+    if config.boxsup_rounds < 0 or config.top_k < 1 or config.boxsup_lambda < 0 or not 0 <= config.tie_tolerance <= 1:
+        raise ConfigError("--boxsup-rounds >= 0, --top-k >= 1, --boxsup-lambda >= 0 and 0 <= --tie-tolerance <= 1 "
+                          "please")
+    if config.iterations < 1 or config.batch_size < 1 or config.crop_size < 8:
+        raise ConfigError("--iterations and --batch-size must be >= 1 and --crop-size >= 8")
+
+
+def _complete(stage_dir: Path, digest: str) -> bool:
+    info_path = stage_dir / "stage.json"
+    if not info_path.exists() or not (stage_dir / "manifest.csv").exists():
+        return False
+    info = read_json(info_path)
+    return info.get("config_hash") == digest and info.get("status") == "complete"
+
+
+def ensure_candidates(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, workers: int) -> StageFolder:
+    """The candidates stage folder: ``--candidates`` as given, else ``RUN/candidates/selective`` (made or resumed
+    with default settings). Every image of the split must have candidates."""
+    if config.candidates:
+        folder = StageFolder.open(config.candidates)
+    else:
+        summary = run_method_stage("candidates", "selective", CANDIDATE_METHODS["selective"], CandidatesConfig(),
+                                   dataset, run_dir, workers=workers)
+        folder = StageFolder.open(summary.stage_dir)
+    missing = [i for i in dataset.ids if not folder.has(i)]
+    if missing:
+        raise StageError(f"{folder.path}: no candidates for {len(missing)} image(s) of split {dataset.split!r} "
+                         f"(e.g. {missing[0]!r}); re-run 'wsss candidates' on this split")
+    return folder
+
+
+def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels: StageFolder, run_dir: Path,
+                *, val_dataset: Dataset | None, overwrite: bool = False) -> tuple[Path, dict | None]:
+    """Train the round's network on ``labels`` into ``RUN/train/boxsup_r<round>/`` (resumable); returns
+    ``(checkpoint, validation quality or None)``. A finished training is not rerun."""
+    import torch
+
+    from ..models import build_model
+    from ..pairs import MaskPairs
+    from ..train import CHECKPOINT, pick_device, resolve_speed, train_model
+
+    train_config = TrainConfig(backbone=config.backbone, weights=config.weights, iterations=config.iterations,
+                               batch_size=config.batch_size, lr=config.lr, crop_size=config.crop_size,
+                               seed=config.boxsup_seed + round_index,
+                               checkpoint_every=max(1, min(500, config.iterations)))
+    method = f"boxsup_r{round_index}"
+    stage_dir = run_dir / "train" / method
+    digest = _prepare_owned(stage_dir, stage="train", method=method, config=(config, train_config),
+                            dataset=dataset, upstream={"labels": labels}, overwrite=overwrite)
+    ckpt = stage_dir / CHECKPOINT
+    info = read_json(stage_dir / "stage.json")
+    if info.get("status") == "complete" and ckpt.exists():
+        return ckpt, info.get("quality")
+    dev = pick_device(config.device)
+    speed = {"channels_last": resolve_speed(train_config.channels_last, dev, "channels_last"),
+             "bf16": resolve_speed(train_config.bf16, dev, "bf16")}
+    torch.manual_seed(train_config.seed)
+    model = build_model(config.model, num_classes=dataset.num_classes, backbone=config.backbone,
+                        weights=config.weights)
+    meta = {"model": config.model, "backbone": config.backbone, "num_classes": dataset.num_classes,
+            "classes": list(dataset.classes), "palette_name": dataset.palette_name, "speed": speed,
+            "config_hash": digest, "config": dataclasses.asdict(train_config), "boxsup_round": round_index}
+    pairs = MaskPairs(dataset, labels, crop_size=train_config.crop_size,
+                      scale_range=(train_config.scale_min, train_config.scale_max), flip=train_config.flip)
+    val_ids = [i for i in val_dataset.ids if val_dataset.gt_path(i) is not None] if val_dataset else []
+    result = train_model(model, pairs, stage_dir, iterations=train_config.iterations,
+                         batch_size=train_config.batch_size, lr=train_config.lr,
+                         head_lr_mult=train_config.head_lr_mult, momentum=train_config.momentum,
+                         weight_decay=train_config.weight_decay, poly_power=train_config.poly_power,
+                         seed=train_config.seed, device=dev, channels_last=speed["channels_last"], bf16=speed["bf16"],
+                         loader_workers=0, checkpoint_every=train_config.checkpoint_every,
+                         val_dataset=val_dataset if val_ids else None, val_ids=val_ids, meta=meta)
+    info = read_json(stage_dir / "stage.json")
+    info.update({"status": "complete" if not result.stopped_early else "stopped",
+                 "training": {"iterations_done": result.iterations, "resumed_from": result.start_iteration,
+                              "train_images": len(pairs), "labels": str(labels.path),
+                              "seconds_this_run": round(result.seconds, 2), "last_loss": result.last_loss,
+                              "images_per_second": result.images_per_second, **result.speed},
+                 "quality": result.validation, "checkpoint": CHECKPOINT, "log": "log.csv",
+                 "validation": {"split": val_dataset.split, "images": len(val_ids)} if val_ids else None})
+    write_json(stage_dir / "stage.json", info)
+    return ckpt, result.validation
+
+
+def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, workers: int = 1,
+                      overwrite: bool = False, overlays: int = 0) -> list[dict]:
+    """Run (or resume) every round; returns one record per round (folders, label quality, network quality)."""
+    from ..train import pick_device
+
+    _check(config)
+    run_dir = Path(run_dir)
+    cand_folder = ensure_candidates(config, dataset, run_dir, workers=workers)
+    val_dataset = open_dataset(dataset.root, config.val_split) if config.val_split else None
+    device = pick_device(config.device)
+    records = []
+    labels: StageFolder | None = None
+    for r in range(config.boxsup_rounds + 1):
+        checkpoint, network_quality = None, None
+        if r > 0:
+            checkpoint, network_quality = train_round(config, r, dataset, labels, run_dir, val_dataset=val_dataset,
+                                                      overwrite=overwrite)
+        stage_dir = run_dir / "labels" / f"boxes_r{r}"
+        upstream = {"candidates": cand_folder}
+        if checkpoint is not None:
+            upstream["network"] = StageFolder(checkpoint.parent)
+        digest = _prepare_owned(stage_dir, stage="labels", method=f"boxes_r{r}", config=config, dataset=dataset,
+                                upstream=upstream, overwrite=overwrite)
+        if _complete(stage_dir, digest):
+            log.info("round %d: %s is complete, skipped", r, stage_dir)
+            info = read_json(stage_dir / "stage.json")
+            quality = info.get("quality")
+        else:
+            job = BoxSupRoundJob(str(cand_folder.path), config, r, str(checkpoint) if checkpoint else None,
+                                 str(device))
+            round_workers = 1 if device.type == "cuda" and checkpoint is not None else workers
+            summary = run_images(stage_dir, dataset=dataset, job=job, workers=round_workers, overlays=overlays,
+                                 torch_threads=1 if round_workers > 1 else None,
+                                 extra_info={"boxsup_round": r, "network": str(checkpoint) if checkpoint else None},
+                                 desc=f"labels/boxes_r{r}")
+            if summary.failed:
+                raise StageError(f"{stage_dir}: {len(summary.failed)} image(s) failed in BoxSup round {r} "
+                                 f"(e.g. {summary.failed[0][0]}: {summary.failed[0][1]}); see its manifest.csv")
+            quality = summary.quality
+        labels = StageFolder.open(stage_dir)
+        records.append({"round": r, "labels": str(stage_dir), "labels_miou": (quality or {}).get("miou"),
+                        "network": str(checkpoint.parent) if checkpoint else None,
+                        "network_val_miou": (network_quality or {}).get("miou")})
+    return records
+
+
+def _boxes_guide_job(config: BoxSupConfig, *, stage_dir: Path, dataset: Dataset, upstream: dict, workers: int):
+    """The ``boxes`` guide: run every round first (resumable), then copy the last round's masks into the guide's
+    own folder ``RUN/labels/boxes/`` with a ``boxsup.json`` summary."""
+    run_dir = Path(stage_dir).parent.parent
+    records = run_boxsup_rounds(config, dataset, run_dir, workers=workers)
+    write_json(Path(stage_dir) / "boxsup.json", {"rounds": records})
+    return CopyLabelsJob(records[-1]["labels"])
+
+
+def run_boxes_guide(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, workers: int = 1,
+                    overwrite: bool = False, overlays: int = 0) -> tuple[StageSummary, list[dict]]:
+    """Every round, then ``RUN/labels/boxes/``; returns the guide's stage summary and the round records."""
+    from .runner import MethodSpec
+
+    spec = MethodSpec(BoxSupConfig, _boxes_guide_job, BOXES_SUMMARY)
+    summary = run_method_stage("labels", "boxes", spec, config, dataset, Path(run_dir), upstream={},
+                               workers=workers, overwrite=overwrite, overlays=overlays)
+    return summary, read_json(summary.stage_dir / "boxsup.json")["rounds"]
+
+
+BOXES_SUMMARY = "BoxSup: candidate masks per box, re-selected with a network trained each round (needs boxes)"
