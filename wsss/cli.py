@@ -35,11 +35,16 @@ def _click_type(hint):
 def method_options(registry: dict):
     """Decorator adding one option per config field over all methods of ``registry`` (shared names merge)."""
     fields: dict[str, tuple] = {}
+    merged_choices: dict[str, tuple | None] = {}
     for method, spec in registry.items():
         hints = typing.get_type_hints(spec.config_cls)
         for f in dataclasses.fields(spec.config_cls):
             entry = fields.setdefault(f.name, (f, hints[f.name], []))
             entry[2].append(f"{method}={f.default!r}" if f.default is not None else method)
+            # shared names: the union of the methods' choices (build_config checks the chosen method's own)
+            own = f.metadata.get("choices")
+            merged_choices[f.name] = (None if own is None or merged_choices.get(f.name, ()) is None
+                                      else tuple(dict.fromkeys((*merged_choices.get(f.name, ()), *own))))
 
     def decorate(fn):
         for name, (f, hint, methods) in sorted(fields.items(), reverse=True):
@@ -48,7 +53,7 @@ def method_options(registry: dict):
             if hint is bool:
                 opt = click.Option([f"{flag}/--no-{flag[2:]}", ], default=None, help=help_text)
             else:
-                choices = f.metadata.get("choices")
+                choices = merged_choices.get(name)
                 ctype = click.Choice(list(choices)) if choices else _click_type(hint)
                 opt = click.Option([flag], type=ctype, default=None, help=help_text)
             fn.__click_params__ = getattr(fn, "__click_params__", []) + [opt]
@@ -192,26 +197,28 @@ def refine(method, input_stage, dataset_path, split, run_dir, workers, overwrite
     finish_stage(summary)
 
 
-# ----------------------------------------------------------------------------------------- candidates
-from .stages.candidates import CANDIDATE_METHODS  # noqa: E402  (registry is light: no torch import)
+# ---------------------------------------------------------------------------------------------- label
+from .stages.label import LABEL_GUIDES  # noqa: E402  (registry is light: no torch import)
 
 
 @main.command()
-@click.option("--method", default="selective", show_default=True, type=click.Choice(list(CANDIDATE_METHODS)),
-              help="; ".join(f"{k}: {v.summary}" for k, v in CANDIDATE_METHODS.items()))
+@click.option("--guide", required=True, type=click.Choice(list(LABEL_GUIDES)),
+              help="; ".join(f"{k}: {v.summary}" for k, v in LABEL_GUIDES.items()))
+@click.option("--seeds", "seeds_stage", default=None, type=click.Path(file_okay=False),
+              help="seed stage folder giving class identity (e.g. RUN/seeds/cam; its scores/ when kept)")
+@click.option("--saliency", "saliency_stage", default=None, type=click.Path(file_okay=False),
+              help="saliency stage folder giving object extent (RUN/seeds/saliency)")
 @common_stage_options
-@method_options(CANDIDATE_METHODS)
-def candidates(method, dataset_path, split, run_dir, workers, overwrite, overlays, **options):
-    """Candidate masks per image (for box supervision) into RUN/candidates/METHOD/.
+@method_options(LABEL_GUIDES)
+def label(guide, seeds_stage, saliency_stage, dataset_path, split, run_dir, workers, overwrite, overlays, **options):
+    """Fuse seed stages into pseudo masks with a label guide into RUN/labels/GUIDE/."""
+    from .stages.label import run_label_stage
 
-    Writes candidates/<id>.npz (superpixel maps + merge membership), masks/ = the best box-matching candidate of
-    each box (BoxSup's initial labels, evaluable) and sheets/ showing each box's best candidates.
-    """
-    from .stages.candidates import run_candidates
-
-    config = pick_config(CANDIDATE_METHODS, method, options)
-    summary = run_candidates(method, config, _open(dataset_path, split), Path(run_dir), workers=workers,
-                             overwrite=overwrite, overlays=overlays)
+    config = pick_config(LABEL_GUIDES, guide, options)
+    dataset = _open(dataset_path, split)
+    summary = run_label_stage(guide, config, dataset, Path(run_dir),
+                              upstream_paths={"seeds": seeds_stage, "saliency": saliency_stage},
+                              workers=workers, overwrite=overwrite, overlays=overlays)
     finish_stage(summary)
 
 

@@ -59,8 +59,6 @@ class BoxSupConfig:
 
     boxsup_rounds: int = option(2, "network rounds after the initial selection (0: initial labels only)")
     boxsup_lambda: float = option(1.0, "weight of the network's cross-entropy in the candidate cost")
-    tie_tolerance: float = option(0.05, "initial selection: among candidates within this of the best box IoU, "
-                                        "take the largest (0: plain arg-max)")
     top_k: int = option(5, "draw the new candidate at random among the k lowest-cost ones (1: the best)")
     clip_to_box: bool = option(True, "candidate pixels outside their box stay background")
     boxsup_seed: int = option(0, "seed of the top-k draws and of the training runs")
@@ -76,6 +74,59 @@ class BoxSupConfig:
     crop_size: int = option(321, "square training crop (pixels)")
     val_split: typing.Optional[str] = option(None, "split with GT on which each round's network is scored")
     device: str = option("auto", "torch device for training and prediction (auto: cuda when available)")
+
+
+@dataclass(frozen=True)
+class SaliencyConfig:
+    """Saliency seeds (:mod:`wsss.seeds.saliency`): a class-agnostic encoder-decoder trained on GrabCut-from-box
+    targets (Oh et al., CVPR 2017), then one saliency map per image. ``masks/``: salient pixels take the image's tag
+    when it has one tag, else 255; the rest 0."""
+
+    backbone: str = option("resnet18", "saliency encoder (torchvision ResNet + U-Net decoder)", ("resnet18", "resnet34"))
+    weights: typing.Optional[str] = option(None, "encoder init: none = random (default), imagenet = torchvision's "
+                                                 "ImageNet weights (downloads once)", ("imagenet",))
+    checkpoint: typing.Optional[str] = option(None, "saliency.pt of an earlier saliency stage: skip training")
+    saliency_data: typing.Optional[str] = option(
+        None, "separate saliency training dataset (any layout) with boxes or masks (default: the stage's dataset)")
+    saliency_split: typing.Optional[str] = option(
+        None, "split of the training dataset (default: the stage's split for its own dataset, else the layout's)")
+    targets: str = option("boxes", "training targets: boxes = GrabCut inside each box, masks = non-zero labels of "
+                                   "the (saliency) dataset's masks", ("boxes", "masks"))
+    grabcut_iterations: int = option(5, "GrabCut iterations per box")
+    input_size: int = option(256, "network input (square, pixels) for training and prediction")
+    epochs: int = option(20, "training epochs")
+    batch_size: int = option(8, "training batch size")
+    lr: float = option(1e-3, "Adam learning rate (poly decay, power 0.9)")
+    weight_decay: float = option(1e-4, "weight decay")
+    seed: int = option(0, "random seed of the init and the data order")
+    flip: bool = option(True, "average with the horizontally flipped input at prediction")
+    saliency_threshold: float = option(0.5, "saliency at or above this is salient in masks/")
+
+
+@dataclass(frozen=True)
+class SaliencyGuideConfig:
+    """Guide labeller (:func:`wsss.label.guide.guide_labels`): seeds give the class, saliency the extent."""
+
+    saliency_threshold: float = option(0.5, "saliency at or above this is salient")
+    seed_threshold: float = option(0.2, "normalised seed map at or above this is a seed (SEC/DSRG: 20% of max)")
+    confident_threshold: float = option(0.8, "outside salient regions, a normalised seed map at or above this "
+                                             "keeps its class (else background)")
+    min_seed_share: float = option(0.1, "a salient region takes a class holding at least this share of its seeds")
+
+
+@dataclass(frozen=True)
+class CamGuideConfig:
+    """Seeds alone: dense arg-max label map of the seed maps (:func:`wsss.label.guide.dense_cam_labels`)."""
+
+    background_threshold: float = option(0.15, "normalised seed map at or below this is background (IRN: 0.15)")
+
+
+@dataclass(frozen=True)
+class SaliencyOnlyConfig:
+    """Saliency alone: salient pixels take the image's top-scoring tag
+    (:func:`wsss.label.guide.saliency_only_labels`)."""
+
+    saliency_threshold: float = option(0.5, "saliency at or above this is salient")
 
 
 def config_to_dict(config) -> dict:

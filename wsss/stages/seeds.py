@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import BoxConfig, GrabCutConfig, ThresholdConfig
+from ..config import BoxConfig, GrabCutConfig, SaliencyConfig, ThresholdConfig
 from ..datasets import Sample
 from .runner import ImageResult, MethodSpec
 
@@ -63,6 +63,12 @@ def _boxes_or_error(sample: Sample):
     return sample.boxes
 
 
+def _saliency_job(config, **kwargs):
+    from .saliency import make_saliency_job
+
+    return make_saliency_job(config, **kwargs)
+
+
 SEED_METHODS: dict[str, MethodSpec] = {
     "box": MethodSpec(BoxConfig, lambda config, **_: BoxFillJob(config),
                       "plain box fill, smaller boxes over larger (the box baseline)"),
@@ -70,4 +76,6 @@ SEED_METHODS: dict[str, MethodSpec] = {
                           "GrabCut per box with the box prior; doubtful band 255; soft scores for a CRF",
                           writes_scores=True),
     "threshold": MethodSpec(ThresholdConfig, _threshold_job, "Otsu / fixed grey-level threshold, classes from tags"),
+    "saliency": MethodSpec(SaliencyConfig, _saliency_job, "class-agnostic saliency net trained on GrabCut-from-box "
+                           "targets (Oh et al. 2017); masks: salient = the tag if one, else 255", writes_scores=True),
 }

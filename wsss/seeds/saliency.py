@@ -1,0 +1,309 @@
+"""Saliency seeds (Oh et al., CVPR 2017): GrabCut training targets from boxes, a class-agnostic saliency net,
+its training loop, prediction, the saliency stage's seed mask and saliency quality measures.
+
+Everything here works on arrays and modules; the stage runner (:mod:`wsss.stages.saliency`) does the file I/O
+(target cache, checkpoint, log) through the ``on_epoch`` callback of :func:`train_saliency`.
+
+Rules
+-----
+* **Training targets from boxes** (:func:`targets_from_boxes`): the GrabCut box seeds of
+  :mod:`wsss.seeds.grabcut` (pixels outside every box background, GrabCut inside each box, its doubtful band 255)
+  with every class made "salient". :func:`box_targets` is the plain variant (GrabCut with rectangle init per box;
+  a box GrabCut collapsed on, keeping less than ``min_fill`` of it, becomes 255). Target values: 0 background,
+  1 salient, 255 ignored by the loss.
+* **Training targets from masks** (:func:`mask_targets`): any non-zero label is salient, 0 is background, 255 stays
+  ignored (for a separate saliency dataset with binary or class masks).
+* **Seed mask** (:func:`saliency_seed_mask`, what ``seeds/saliency/masks`` hold): pixels with saliency
+  >= ``saliency_threshold`` take the image's tag when it has exactly one; with several tags the class is unknown
+  and they are 255; non-salient pixels are 0. An image without tags is all background.
+* **Scores**: one (1, H, W) map of foreground probability stored under the class id :data:`SALIENCY_CLASS_ID`
+  (255, "no particular class").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from ..labels import BACKGROUND, IGNORE
+
+#: class id stored with the saliency map in ``scores/<id>.npz``: 255 = class-agnostic foreground probability.
+SALIENCY_CLASS_ID = IGNORE
+
+
+# ------------------------------------------------------------------------------------------------ targets
+def grabcut_box(image: np.ndarray, box: Sequence[int], *, iterations: int = 5, margin: float = 0.2) -> np.ndarray:
+    """Foreground of one box by GrabCut with rectangle init: (H, W) bool, False outside the box.
+
+    GrabCut runs on a crop of the image around the box (``margin`` times the box size on each side) so that its
+    background model sees the box's surroundings; a box that fills the whole crop is shrunk by one pixel so that
+    GrabCut keeps some background samples.
+    """
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    bw, bh = x1 - x0, y1 - y0
+    out = np.zeros((h, w), bool)
+    if bw < 2 or bh < 2:
+        return out
+    cx0, cy0 = max(0, x0 - int(margin * bw)), max(0, y0 - int(margin * bh))
+    cx1, cy1 = min(w, x1 + int(margin * bw)), min(h, y1 + int(margin * bh))
+    crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1, ::-1])  # OpenCV wants BGR
+    rx0, ry0, rx1, ry1 = x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0
+    ch, cw = crop.shape[:2]
+    if rx0 == 0 and ry0 == 0 and rx1 == cw and ry1 == ch:
+        rx0, ry0, rx1, ry1 = 1, 1, cw - 1, ch - 1
+        if rx1 - rx0 < 2 or ry1 - ry0 < 2:
+            out[y0:y1, x0:x1] = True
+            return out
+    gc = np.zeros((ch, cw), np.uint8)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(crop, gc, (rx0, ry0, rx1 - rx0, ry1 - ry0), bgd, fgd, max(1, iterations), cv2.GC_INIT_WITH_RECT)
+    except cv2.error:  # degenerate colour models (e.g. a flat crop): no decision
+        return out
+    fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+    out[cy0:cy1, cx0:cx1] = fg
+    out[:y0, :] = False
+    out[y1:, :] = False
+    out[:, :x0] = False
+    out[:, x1:] = False
+    return out
+
+
+def box_targets(image: np.ndarray, boxes: np.ndarray, *, iterations: int = 5, min_fill: float = 0.1,
+                grabcut: Callable[..., np.ndarray] | None = None) -> np.ndarray:
+    """Saliency training target (H, W) uint8 in {0, 1, 255} from an image and its boxes (rules: module docstring).
+
+    ``grabcut(image, box, iterations=...)`` may replace :func:`grabcut_box` (e.g. the GrabCut seed method's own).
+    """
+    h, w = image.shape[:2]
+    target = np.zeros((h, w), np.uint8)
+    boxes = np.asarray(boxes).reshape(-1, 5)
+    if len(boxes) == 0:
+        return target
+    cut = grabcut or grabcut_box
+    fg = np.zeros((h, w), bool)
+    unsure = np.zeros((h, w), bool)
+    for _, x0, y0, x1, y1 in boxes.tolist():
+        area = max(1, (x1 - x0) * (y1 - y0))
+        obj = cut(image, (x0, y0, x1, y1), iterations=iterations)
+        if obj.sum() < min_fill * area:
+            unsure[y0:y1, x0:x1] = True
+        else:
+            fg |= obj
+    target[unsure] = IGNORE
+    target[fg] = 1
+    return target
+
+
+def targets_from_boxes(image: np.ndarray, boxes: np.ndarray, *, iterations: int = 5) -> np.ndarray:
+    """Training target (H, W) uint8 in {0, 1, 255} from boxes: the GrabCut box seeds of
+    :func:`wsss.seeds.grabcut.grabcut_seeds` (default options: doubtful band 255) made class-agnostic by
+    :func:`mask_targets`; :func:`box_targets` where that module is not available."""
+    try:
+        from .grabcut import grabcut_seeds
+    except ImportError:  # pragma: no cover - the GrabCut seed module ships with the package
+        return box_targets(image, boxes, iterations=iterations)
+    boxes = np.asarray(boxes).reshape(-1, 5)
+    if len(boxes) == 0:
+        return np.zeros(image.shape[:2], np.uint8)
+    mask = grabcut_seeds(image, boxes, iterations=iterations)[0]
+    return mask_targets(mask)
+
+
+def mask_targets(mask: np.ndarray) -> np.ndarray:
+    """Saliency target from a label mask: 0 -> 0, 255 -> 255, any class -> 1."""
+    mask = np.asarray(mask)
+    return np.where(mask == IGNORE, IGNORE, (mask != BACKGROUND).astype(np.uint8)).astype(np.uint8)
+
+
+def resize_pair(image: np.ndarray, target: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize an image (area/linear) and its target (nearest) to ``size`` x ``size``."""
+    img = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if min(image.shape[:2]) > size
+                     else cv2.INTER_LINEAR)
+    if target is None:
+        return img, None
+    return img, cv2.resize(target, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def scale_boxes(boxes: np.ndarray, from_shape: tuple[int, int], size: int) -> np.ndarray:
+    """Boxes of an (H, W) image mapped onto its ``size`` x ``size`` resize (x1/y1 stay exclusive)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 5).copy()
+    h, w = from_shape
+    boxes[:, [1, 3]] *= size / w
+    boxes[:, [2, 4]] *= size / h
+    out = np.empty_like(boxes, dtype=np.int64)
+    out[:, 0] = boxes[:, 0]
+    out[:, 1:3] = np.floor(boxes[:, 1:3])
+    out[:, 3:5] = np.ceil(boxes[:, 3:5])
+    return np.clip(out, 0, [255, size, size, size, size])
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _batch_tensors(images: list[np.ndarray], targets: list[np.ndarray] | None = None):
+    import torch
+
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    if targets is None:
+        return x
+    return x, torch.from_numpy(np.stack(targets).astype(np.int64))
+
+
+def saliency_loss(logits, target):
+    """Binary cross-entropy over pixels whose target is 0 or 1 (255 ignored); ``logits`` (N, 1, H, W)."""
+    import torch.nn.functional as F
+
+    valid = target != IGNORE
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[:, 0][valid], target[valid].float())
+
+
+def make_optimizer(net, *, lr: float, weight_decay: float):
+    import torch
+
+    return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequence[np.ndarray], *, epochs: int,
+                   batch_size: int = 8, lr: float = 1e-3, start_epoch: int = 0, seed: int = 0,
+                   on_epoch: Callable[[int, float], None] | None = None, progress: bool = True) -> list[float]:
+    """Train ``net`` on equally sized images (S, S, 3) uint8 and targets (S, S) {0, 1, 255} for epochs
+    ``start_epoch .. epochs - 1``; returns the mean loss of each epoch run.
+
+    Poly learning-rate decay (power 0.9) over all ``epochs``; each epoch reshuffles with ``seed + epoch`` and flips
+    half the images horizontally, so a resumed run repeats the same schedule. ``on_epoch(epoch, mean_loss)`` is
+    called after each epoch (the stage saves its checkpoint and log there).
+    """
+    import torch
+    from tqdm import tqdm
+
+    if len(images) != len(targets) or not images:
+        raise ValueError(f"need the same non-zero number of images and targets, got {len(images)} and {len(targets)}")
+    n = len(images)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = max(1, epochs * steps_per_epoch)
+    losses = []
+    net.train()
+    for epoch in range(start_epoch, epochs):
+        rng = np.random.default_rng(seed + epoch)
+        order = rng.permutation(n)
+        flips = rng.random(n) < 0.5
+        running, count = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"saliency epoch {epoch + 1}/{epochs}", disable=not progress or None,
+                   leave=False, dynamic_ncols=True)
+        for step in bar:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            if len(idx) < 2 and n >= 2:  # BatchNorm needs 2 samples; fold a lone last image into the next epoch
+                continue
+            imgs = [images[i][:, ::-1] if flips[i] else images[i] for i in idx]
+            tgts = [targets[i][:, ::-1] if flips[i] else targets[i] for i in idx]
+            x, y = _batch_tensors([np.ascontiguousarray(a) for a in imgs], [np.ascontiguousarray(t) for t in tgts])
+            it = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = lr * (1 - it / total) ** 0.9
+            loss = saliency_loss(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += float(loss.detach()) * len(idx)
+            count += len(idx)
+            bar.set_postfix(loss=f"{running / max(count, 1):.4f}")
+        mean = running / max(count, 1)
+        losses.append(mean)
+        if on_epoch is not None:
+            on_epoch(epoch, mean)
+    net.eval()
+    return losses
+
+
+# -------------------------------------------------------------------------------------------- prediction
+def predict_saliency(net, image: np.ndarray, *, input_size: int, flip: bool = True) -> np.ndarray:
+    """Saliency map (H, W) float32 in [0, 1] of an (H, W, 3) uint8 image: the net runs at ``input_size`` squared
+    (averaged with its horizontal flip when ``flip``) and the map is resized back bilinearly."""
+    import torch
+
+    h, w = image.shape[:2]
+    small, _ = resize_pair(image, None, input_size)
+    batch = [small, np.ascontiguousarray(small[:, ::-1])] if flip else [small]
+    net.eval()
+    with torch.inference_mode():
+        prob = torch.sigmoid(net(_batch_tensors(batch)))[:, 0].numpy()
+    sal = prob[0] if not flip else 0.5 * (prob[0] + prob[1][:, ::-1])
+    return np.clip(cv2.resize(sal.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+
+def saliency_seed_mask(saliency: np.ndarray, image_labels, *, saliency_threshold: float = 0.5) -> np.ndarray:
+    """Seed mask (H, W) uint8 of a saliency map by the rule in the module docstring."""
+    labels = sorted({int(c) for c in image_labels})
+    salient = saliency >= saliency_threshold
+    if not labels:
+        return np.zeros(saliency.shape, np.uint8)
+    value = labels[0] if len(labels) == 1 else IGNORE
+    return np.where(salient, value, BACKGROUND).astype(np.uint8)
+
+
+def saliency_to_png(saliency: np.ndarray) -> np.ndarray:
+    """8-bit grey image of a [0, 1] map."""
+    return np.clip(np.rint(saliency * 255.0), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------- quality
+class SaliencyQuality:
+    """Saliency quality against a binary GT foreground, accumulated over images (standard salient-object protocol).
+
+    * **MAE**: mean absolute difference between the [0, 1] map and the 0/1 foreground, averaged over images.
+    * **F-measure** with beta^2 = 0.3 (Achanta et al., CVPR 2009): ``adaptive_f`` thresholds each map at twice its
+      mean (capped at 1); ``max_f`` averages precision and recall over images at 255 fixed thresholds and reports
+      the best F over thresholds. ``f_at_threshold`` is the mean per-image F at ``threshold`` (the binarisation the
+      guide labeller uses).
+    Pixels with GT 255 are left out.
+    """
+
+    def __init__(self, *, beta2: float = 0.3, threshold: float = 0.5):
+        self.beta2 = beta2
+        self.threshold = threshold
+        self.thresholds = np.arange(1, 256) / 256.0
+        self.precision = np.zeros(len(self.thresholds))
+        self.recall = np.zeros(len(self.thresholds))
+        self.mae, self.adaptive_f, self.fixed_f = [], [], []
+
+    def _f(self, p: float, r: float) -> float:
+        return (1 + self.beta2) * p * r / (self.beta2 * p + r) if (p + r) > 0 else 0.0
+
+    def add(self, saliency: np.ndarray, gt: np.ndarray) -> None:
+        """Add one image: ``saliency`` (H, W) float in [0, 1], ``gt`` (H, W) label mask (non-zero = foreground)."""
+        valid = gt != IGNORE
+        sal = np.asarray(saliency, np.float64)[valid]
+        fg = (gt[valid] != BACKGROUND)
+        if sal.size == 0:
+            return
+        self.mae.append(float(np.abs(sal - fg).mean()))
+        n_fg = max(int(fg.sum()), 1)
+        # counts of predicted-positive and true-positive pixels per threshold from sorted saliency values
+        bins = np.clip((sal * 256).astype(np.int64), 0, 255)
+        pos_hist = np.bincount(bins, minlength=256)
+        tp_hist = np.bincount(bins[fg], minlength=256)
+        pred = np.cumsum(pos_hist[::-1])[::-1][1:]  # sal >= k/256 for k = 1..255
+        tp = np.cumsum(tp_hist[::-1])[::-1][1:]
+        self.precision += np.where(pred > 0, tp / np.maximum(pred, 1), 0.0)
+        self.recall += tp / n_fg
+        for thr, out in ((min(2 * sal.mean(), 1.0), self.adaptive_f), (self.threshold, self.fixed_f)):
+            binary = sal >= thr
+            tp1 = float((binary & fg).sum())
+            p = tp1 / binary.sum() if binary.any() else 0.0
+            out.append(self._f(p, tp1 / n_fg))
+
+    def result(self) -> dict:
+        n = len(self.mae)
+        if n == 0:
+            return {"images": 0, "mae": None, "max_f": None, "adaptive_f": None, "f_at_threshold": None}
+        p, r = self.precision / n, self.recall / n
+        f = np.array([self._f(a, b) for a, b in zip(p, r)])
+        return {"images": n, "mae": round(float(np.mean(self.mae)), 4), "max_f": round(float(f.max()), 4),
+                "max_f_threshold": round(float(self.thresholds[int(f.argmax())]), 3),
+                "adaptive_f": round(float(np.mean(self.adaptive_f)), 4),
+                "f_at_threshold": round(float(np.mean(self.fixed_f)), 4), "threshold": self.threshold}
