@@ -228,3 +228,21 @@ def test_redo_a_step_redoes_it_and_what_reads_it(demo_root, tmp_path, fill_stage
     assert [(r.done, r.resumed) for r in again] == [(12, 0), (12, 0)]
     with pytest.raises(ConfigError, match="--redo nope: no such step"):
         run_recipe(parse_recipe(CHAIN), demo_root, run_dir, redo=["nope"], echo=lambda _: None)
+
+
+def test_every_shipped_recipe_is_installed_by_setup_cfg():
+    """An installed (non-editable) wsss finds the recipes in <prefix>/share/wsss/pipelines: setup.cfg lists each."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(pipelines_dir().parent / "setup.cfg")
+    listed = {p.strip() for p in cfg["options.data_files"]["share/wsss/pipelines"].split(",")}
+    assert listed == {f"pipelines/{p.name}" for p in _shipped()}
+
+
+def test_a_bare_name_finds_a_shipped_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert recipes.find_recipe("demo") == pipelines_dir() / "demo.yaml"
+    assert recipes.find_recipe("voc_boxes.yaml") == pipelines_dir() / "voc_boxes.yaml"
+    with pytest.raises(ConfigError, match="recipe file not found; shipped recipes: camvid_segnet, demo"):
+        recipes.find_recipe("nope")
