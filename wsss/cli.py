@@ -197,6 +197,29 @@ def refine(method, input_stage, dataset_path, split, run_dir, workers, overwrite
     finish_stage(summary)
 
 
+# ----------------------------------------------------------------------------------------- candidates
+from .stages.candidates import CANDIDATE_METHODS  # noqa: E402  (registry is light: no torch import)
+
+
+@main.command()
+@click.option("--method", default="selective", show_default=True, type=click.Choice(list(CANDIDATE_METHODS)),
+              help="; ".join(f"{k}: {v.summary}" for k, v in CANDIDATE_METHODS.items()))
+@common_stage_options
+@method_options(CANDIDATE_METHODS)
+def candidates(method, dataset_path, split, run_dir, workers, overwrite, overlays, **options):
+    """Candidate masks per image (for box supervision) into RUN/candidates/METHOD/.
+
+    Writes candidates/<id>.npz (superpixel maps + merge membership), masks/ = the best box-matching candidate of
+    each box (BoxSup's initial labels, evaluable) and sheets/ showing each box's best candidates.
+    """
+    from .stages.candidates import run_candidates
+
+    config = pick_config(CANDIDATE_METHODS, method, options)
+    summary = run_candidates(method, config, _open(dataset_path, split), Path(run_dir), workers=workers,
+                             overwrite=overwrite, overlays=overlays)
+    finish_stage(summary)
+
+
 # ---------------------------------------------------------------------------------------------- label
 from .stages.label import LABEL_GUIDES  # noqa: E402  (registry is light: no torch import)
 

@@ -59,6 +59,8 @@ class BoxSupConfig:
 
     boxsup_rounds: int = option(2, "network rounds after the initial selection (0: initial labels only)")
     boxsup_lambda: float = option(1.0, "weight of the network's cross-entropy in the candidate cost")
+    tie_tolerance: float = option(0.05, "initial selection: among candidates within this of the best box IoU, "
+                                        "take the largest (0: plain arg-max)")
     top_k: int = option(5, "draw the new candidate at random among the k lowest-cost ones (1: the best)")
     clip_to_box: bool = option(True, "candidate pixels outside their box stay background")
     boxsup_seed: int = option(0, "seed of the top-k draws and of the training runs")
