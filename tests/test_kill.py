@@ -200,3 +200,75 @@ def test_crf_refine_killed_at_random_points_resume_identically(small_kill_data, 
                                   n_images=30)
     print("crf masks at the kills:", counts)
     assert any(0 < c < 30 for c in counts), f"no kill landed mid-run: {counts}"
+
+
+def _checkpoints_seen(path: Path, seen: set) -> int:
+    """Count distinct versions of ``path`` (each atomic checkpoint write is a new inode)."""
+    try:
+        st = path.stat()
+        seen.add((st.st_ino, st.st_mtime_ns))
+    except FileNotFoundError:
+        pass
+    return len(seen)
+
+
+@pytest.mark.slow
+def test_training_killed_at_random_points_resumes_to_identical_weights(tmp_path):
+    """wsss train SIGKILLed at random points (start-up, mid-iteration, mid-checkpoint write), re-run until done:
+    the final weights equal an uninterrupted run's exactly (CPU, one thread)."""
+    import torch
+
+    from wsss.io import load_checkpoint
+
+    data = make_demo_data(tmp_path / "data", 8, size=(48, 64), seed=23)
+    iterations = 10
+
+    def cmd_for(run):
+        return [*WSSS, "train", "--model", "segnet_basic", "--labels", "gt", "--dataset", str(data), "--split",
+                "trainval", "--run", str(run), "--iterations", str(iterations), "--batch-size", "2", "--crop-size",
+                "32", "--loader-workers", "0", "--checkpoint-every", "1", "--threads", "1", "--device", "cpu"]
+
+    t0 = time.monotonic()
+    _run_to_end(cmd_for(tmp_path / "ref"))
+    duration = time.monotonic() - t0
+    ckpt = tmp_path / "run" / "train" / "segnet_basic" / "checkpoint.pt"
+    rng = np.random.default_rng(7)
+    done_at_kill = []
+    for k in range(3):
+        proc = subprocess.Popen(cmd_for(tmp_path / "run"), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        start, seen = time.monotonic(), set()
+        if k == 0:
+            deadline = start + float(rng.uniform(0.2, 0.7)) * duration
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:  # after a random number of new checkpoints, plus a random delay (lands mid-iteration or mid-write)
+            _checkpoints_seen(ckpt, seen)
+            target = len(seen) + int(rng.integers(1, 4))
+            while proc.poll() is None and _checkpoints_seen(ckpt, seen) < target and time.monotonic() - start < 120:
+                time.sleep(0.005)
+            time.sleep(float(rng.uniform(0.0, 0.3)))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if ckpt.exists():  # whole, loadable, and never a file a reader would take half
+            done_at_kill.append(int(load_checkpoint(ckpt)["iteration"]))
+        else:
+            done_at_kill.append(0)
+        stage = ckpt.parent
+        if stage.exists():
+            for path in stage.iterdir():
+                if path.suffix == ".json":
+                    json.loads(path.read_text())
+                elif path.suffix == ".csv":
+                    list(csv.DictReader(path.open()))
+    print("iterations checkpointed at the kills:", done_at_kill)
+    assert any(0 < d < iterations for d in done_at_kill), f"no kill landed mid-training: {done_at_kill}"
+    _run_to_end(cmd_for(tmp_path / "run"))
+    ref = load_checkpoint(tmp_path / "ref" / "train" / "segnet_basic" / "checkpoint.pt")
+    got = load_checkpoint(ckpt)
+    assert got["iteration"] == ref["iteration"] == iterations
+    assert ref["model"].keys() == got["model"].keys()
+    for name, tensor in ref["model"].items():
+        assert torch.equal(tensor, got["model"][name]), name
+    assert not [p for p in ckpt.parent.rglob("*") if p.name.startswith(".")], "temporary files left behind"
