@@ -700,3 +700,55 @@ def test_scores_npz_is_a_plain_zip_of_numeric_arrays(tmp_path):
         assert sorted(z.namelist()) == ["class_ids.npy", "scores.npy"]
     with np.load(path, allow_pickle=False) as data:
         assert data["scores"].dtype == np.float16 and data["class_ids"].dtype == np.int32
+
+
+# ------------------------------------------------------------------------------------- worker death, odd modes
+class _DieOn:
+    """A job whose worker process dies (as if OOM-killed) on one image."""
+
+    needs_image = True
+
+    def __init__(self, image_id):
+        self.image_id = image_id
+
+    def __call__(self, sample, upstream):
+        from wsss.stages.runner import ImageResult
+
+        if sample.id == self.image_id:
+            os._exit(9)
+        return ImageResult(np.zeros(sample.image.shape[:2], np.uint8))
+
+
+def test_a_dead_worker_process_is_a_clear_error_and_finished_images_are_kept(demo_root, tmp_path):
+    from wsss.stages.runner import prepare_stage_dir, run_images
+
+    ds = open_dataset(demo_root)
+    stage = tmp_path / "stage"
+    prepare_stage_dir(stage, stage="seeds", method="x", config=ThresholdConfig(), dataset=ds)
+    with pytest.raises(StageError, match="a worker process died .*re-run the same command, with fewer --workers"):
+        run_images(stage, dataset=ds, job=_DieOn("demo_0011"), workers=2)
+    masks = [p for p in (stage / "masks").iterdir() if not p.name.startswith(".")]  # hidden: killed writes
+    assert masks and "demo_0011.png" not in {p.name for p in masks}
+    for path in masks:
+        with Image.open(path) as im:
+            im.load()  # whole files only
+    prepare_stage_dir(stage, stage="seeds", method="x", config=ThresholdConfig(), dataset=ds)  # the re-run
+    assert not [p for p in stage.rglob(".*")]
+
+
+def test_32bit_and_float_images_are_converted_as_documented(tmp_path):
+    from wsss.io import read_image
+
+    wide = np.array([[0, 65535], [32768, 1000]], np.int32)
+    Image.fromarray(wide, "I").save(tmp_path / "wide.tif")
+    got = read_image(tmp_path / "wide.tif")
+    assert got.shape == (2, 2, 3) and got[..., 0].tolist() == [[0, 255], [127, 3]]
+    small = np.array([[0.0, 100.0], [255.0, 300.0]], np.float32)  # 300 > 255: scaled as 16-bit
+    Image.fromarray(small, "F").save(tmp_path / "small.tif")
+    assert read_image(tmp_path / "small.tif")[..., 1].tolist() == [[0, 0], [0, 1]]
+    eight = np.array([[0, 7], [128, 255]], np.int32)
+    Image.fromarray(eight, "I").save(tmp_path / "eight.tif")
+    assert read_image(tmp_path / "eight.tif")[..., 2].tolist() == [[0, 7], [128, 255]]
+    la = Image.fromarray(np.array([[10, 200]], np.uint8), "L").convert("LA")
+    la.save(tmp_path / "la.png")
+    assert read_image(tmp_path / "la.png").tolist() == [[[10, 10, 10], [200, 200, 200]]]

@@ -150,9 +150,12 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB.
 
-    Conversions (documented behaviour): grayscale is repeated to three channels; RGBA / LA drop alpha; palette
-    images are expanded through their palette; 16-bit and 32-bit integer images are scaled to 0..255 by their
-    bit depth (``value >> 8`` for 16-bit). A missing, unreadable or truncated file raises :class:`ImageError`.
+    Conversions (documented behaviour): grayscale is repeated to three channels; RGBA / LA / PA drop alpha (no
+    blending); palette images are expanded through their palette; CMYK / YCbCr go through PIL's RGB conversion;
+    16-bit images (PIL modes ``I;16*``) keep their high byte (``value >> 8``); 32-bit integer or float images
+    (modes ``I`` / ``F``) are scaled by 255/65535 when a value exceeds 255, else taken as 8-bit values (clipped to
+    0..255). EXIF orientation is not applied (masks and boxes refer to the stored pixels). A missing, unreadable
+    or truncated file raises :class:`ImageError`.
     """
     path = Path(path)
     if not path.exists():

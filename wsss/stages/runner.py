@@ -25,6 +25,7 @@ import shutil
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -240,10 +241,16 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
         for image_id in tqdm(ids, **bar):
             records.append(cm_sum.take(_process_one(image_id)))
     else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(ctx,)) as pool:
-            chunk = max(1, min(16, len(ids) // (workers * 8)))
-            for record in tqdm(pool.map(_process_one, ids, chunksize=chunk), **bar):
-                records.append(cm_sum.take(record))
+        try:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(ctx,)) as pool:
+                chunk = max(1, min(16, len(ids) // (workers * 8)))
+                for record in tqdm(pool.map(_process_one, ids, chunksize=chunk), **bar):
+                    records.append(cm_sum.take(record))
+        except BrokenProcessPool as exc:
+            raise StageError(
+                f"{stage_dir}: a worker process died ({exc}; killed, or out of memory?); finished images are kept: "
+                "re-run the same command, with fewer --workers if memory is short"
+            ) from None
     seconds = time.perf_counter() - t0
     if world > 1:
         return _merge_ranks(stage_dir, dataset, records, cm_sum, seconds, rank, world, extra_info)
