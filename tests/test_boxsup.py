@@ -287,3 +287,43 @@ def test_boxsup_bad_config_is_refused(demo_root, tmp_path):
         run_boxsup_rounds(_tiny_boxsup(model="nope"), ds, tmp_path)
     with pytest.raises(ConfigError, match="--top-k"):
         run_boxsup_rounds(_tiny_boxsup(top_k=0), ds, tmp_path)
+
+
+def test_cli_candidates_command(demo_root, tmp_path):
+    from click.testing import CliRunner
+
+    from wsss.cli import main
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["candidates", "--dataset", str(demo_root), "--split", "val", "--run", str(run),
+                                       "--felzenszwalb-scales", "100", "--colour-spaces", "lab", "--sheets", "1"])
+    assert result.exit_code == 0, result.output
+    stage = run / "candidates" / "selective"
+    assert len(list((stage / "candidates").glob("*.npz"))) == 3 and len(list((stage / "sheets").glob("*"))) == 1
+    assert "mIoU" in result.output
+    bad = CliRunner().invoke(main, ["candidates", "--dataset", str(demo_root), "--split", "val", "--run", str(run),
+                                    "--colour-spaces", "xyz", "--overwrite"])
+    assert bad.exit_code == 2 and "--colour-spaces" in bad.output
+
+
+def test_cli_label_guide_boxes_initial_round(demo_root, tmp_path):
+    from click.testing import CliRunner
+
+    from wsss.cli import main
+    from wsss.io import read_json
+    from wsss.stages.folder import StageFolder
+
+    run = tmp_path / "run"
+    args = ["label", "--guide", "boxes", "--boxsup-rounds", "0", "--dataset", str(demo_root), "--split", "val",
+            "--run", str(run)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rounds = read_json(run / "labels" / "boxes" / "boxsup.json")["rounds"]
+    assert [r["round"] for r in rounds] == [0] and rounds[0]["labels_miou"] > 50
+    final, r0 = StageFolder.open(run / "labels" / "boxes"), StageFolder.open(run / "labels" / "boxes_r0")
+    assert sorted(final.ok_ids) == sorted(r0.ok_ids) and len(r0.ok_ids) == 3
+    for i in r0.ok_ids:
+        np.testing.assert_array_equal(final.mask(i), r0.mask(i))
+    assert (run / "candidates" / "selective" / "manifest.csv").exists()
+    wrong = CliRunner().invoke(main, args[:4] + ["--top-k", "0"] + args[4:])
+    assert wrong.exit_code == 2 and "--top-k" in wrong.output

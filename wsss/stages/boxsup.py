@@ -142,7 +142,13 @@ def ensure_candidates(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
     if config.candidates:
         folder = StageFolder.open(config.candidates)
     else:
-        summary = run_method_stage("candidates", "selective", CANDIDATE_METHODS["selective"], CandidatesConfig(),
+        from ..config import build_config
+
+        # an existing RUN/candidates/selective keeps the settings it was made with (it is resumed, not refused)
+        info_path = run_dir / "candidates" / "selective" / "stage.json"
+        made_with = read_json(info_path).get("config") if info_path.exists() else None
+        cand_config = build_config(CandidatesConfig, made_with or {}, where=str(info_path))
+        summary = run_method_stage("candidates", "selective", CANDIDATE_METHODS["selective"], cand_config,
                                    dataset, run_dir, workers=workers)
         folder = StageFolder.open(summary.stage_dir)
     missing = [i for i in dataset.ids if not folder.has(i)]
@@ -251,7 +257,7 @@ def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
     return records
 
 
-def _boxes_guide_job(config: BoxSupConfig, *, stage_dir: Path, dataset: Dataset, upstream: dict, workers: int):
+def boxes_guide_job(config: BoxSupConfig, *, stage_dir: Path, dataset: Dataset, upstream: dict, workers: int):
     """The ``boxes`` guide: run every round first (resumable), then copy the last round's masks into the guide's
     own folder ``RUN/labels/boxes/`` with a ``boxsup.json`` summary."""
     run_dir = Path(stage_dir).parent.parent
@@ -265,7 +271,7 @@ def run_boxes_guide(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, wo
     """Every round, then ``RUN/labels/boxes/``; returns the guide's stage summary and the round records."""
     from .runner import MethodSpec
 
-    spec = MethodSpec(BoxSupConfig, _boxes_guide_job, BOXES_SUMMARY)
+    spec = MethodSpec(BoxSupConfig, boxes_guide_job, BOXES_SUMMARY)
     summary = run_method_stage("labels", "boxes", spec, config, dataset, Path(run_dir), upstream={},
                                workers=workers, overwrite=overwrite, overlays=overlays)
     return summary, read_json(summary.stage_dir / "boxsup.json")["rounds"]
