@@ -232,3 +232,39 @@ def test_refinenet_units():
     x = torch.randn(1, 4, 6, 6)
     assert torch.equal(rcu(x), x)  # zero residual: identity
     assert torch.equal(crp(x), F.relu(x))  # zero pooled paths: the ReLU'd input
+
+
+# ------------------------------------------------------------------------------------------ train + predict
+@pytest.mark.slow
+def test_cli_train_and_multiscale_predict_with_a_zoo_model(demo_root, tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from wsss.cli import main
+    from wsss.datasets import open_dataset
+    from wsss.io import read_csv, read_mask
+    from wsss.models.inference import segment
+    from wsss.stages.predict import load_trained_model
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(main, ["train", "--model", "segnet_basic", "--labels", "gt", "--dataset", str(demo_root),
+                               "--run", str(run), "--iterations", "2", "--batch-size", "2", "--crop-size", "48",
+                               "--loader-workers", "0"])
+    assert res.exit_code == 0, res.output
+    scales = (0.5, 0.75, 1.0, 1.25)
+    res = runner.invoke(main, ["predict", "--checkpoint", str(run / "train/segnet_basic"), "--dataset",
+                               str(demo_root), "--split", "val", "--run", str(run), "--scales",
+                               ",".join(map(str, scales))])
+    assert res.exit_code == 0, res.output
+    pred = run / "predictions/segnet_basic"
+    rows = read_csv(pred / "manifest.csv")
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    model, meta = load_trained_model(run / "train/segnet_basic/checkpoint.pt")
+    assert meta["model"] == "segnet_basic"
+    image = open_dataset(demo_root, "val").load(rows[0]["image_id"]).image
+    expected = segment(model, image, scales=scales)
+    with np.load(pred / rows[0]["scores"]) as z:
+        assert np.allclose(z["scores"].astype(np.float32), expected, atol=2e-3)
+    mask = read_mask(pred / rows[0]["mask"])
+    assert mask.shape == (64, 80) and (mask == expected.argmax(0)).mean() > 0.99
