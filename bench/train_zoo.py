@@ -7,7 +7,7 @@ in memory, trains for a fixed wall-clock budget on 2 CPU threads and evaluates a
 Examples (the commands behind bench/RESULTS.md, "issue 7" section)::
 
     nice -n 10 python bench/train_zoo.py --model unet --dataset ../shared/data/isbi2012-membrane \
-        --train-split train --eval-split val --scale 0.5 --crop 132 --batch 2 --minutes 12
+        --train-split train --eval-split val --scale 0.5 --crop 132 --batch 2 --model-arg width=16 --minutes 12
     nice -n 10 python bench/train_zoo.py --model segnet_basic --dataset ../shared/data/camvid \
         --train-split train --eval-split test --scale 0.25 --batch 4 --class-weights median --minutes 12
 
@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -99,6 +100,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--backbone", default=None)
+    ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra builder argument, e.g. width=16 for unet (values parsed as YAML scalars)")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--eval-split", default="val")
@@ -125,7 +128,8 @@ def main(argv=None):
     eval_images, _, eval_full = load_split(eval_ds, args.scale)
     load_s = time.perf_counter() - t0
 
-    model = build_model(args.model, num_classes=k, backbone=args.backbone)
+    extra = {key: yaml.safe_load(value) for key, value in (a.split("=", 1) for a in args.model_arg)}
+    model = build_model(args.model, num_classes=k, backbone=args.backbone, **extra)
     params = sum(p.numel() for p in model.parameters())
     tile = UNPADDED_MARGIN if isinstance(model, UNet) and not model.padded else 0
     forward = model.forward_tile if tile else model
@@ -158,7 +162,7 @@ def main(argv=None):
     scores = evaluate(model, eval_images, eval_full, train_ds.classes)
     eval_s = time.perf_counter() - t0
     result = {
-        "model": args.model, "backbone": args.backbone, "parameters": params, "dataset": str(args.dataset),
+        "model": args.model, "backbone": args.backbone, "model_args": extra, "parameters": params, "dataset": str(args.dataset),
         "train_split": args.train_split, "train_images": len(train_images), "eval_split": args.eval_split,
         "eval_images": len(eval_images), "scale": args.scale, "crop": args.crop, "batch": args.batch,
         "optimizer": args.optimizer, "lr": args.lr, "class_weights": args.class_weights, "iterations": it,

@@ -85,6 +85,7 @@ def test_crop_offsets_hand_values():
         crop_offset(3, 4)
 
 
+@pytest.mark.slow
 def test_fcn8s_layers_and_crops_against_hand_computation():
     torch.manual_seed(0)
     model = build_model("fcn8s", num_classes=2).eval()
