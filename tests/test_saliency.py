@@ -277,3 +277,19 @@ def test_saliency_stage_mask_targets_from_separate_dataset(demo_root, tmp_path):
     _, expect = resize_pair(np.zeros((*gt.shape, 3), np.uint8), mask_targets(gt), 32)
     np.testing.assert_array_equal(targets[0], expect)
     assert (tmp_path / "targets" / f"{train_set.ids[0]}.png").exists()
+
+
+def test_training_time_budget_stops_early():
+    from wsss.models.saliency_net import saliency_net
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    targets = [(im[..., 0] > 127).astype(np.uint8) for im in images]
+    net = saliency_net()
+    opt = make_optimizer(net, lr=1e-3, weight_decay=0.0)
+    calls = []
+    losses = train_saliency(net, opt, images, targets, epochs=5, batch_size=2, progress=False, max_seconds=1e-6,
+                            on_epoch=lambda e, loss: calls.append(e))
+    assert len(losses) == 1 and calls == [0]  # one step, then the spent budget ends training
+    assert opt.param_groups[0]["lr"] == 0.0  # the LR decayed over the (spent) budget
+    assert not net.training

@@ -100,6 +100,8 @@ class SaliencyConfig:
     batch_size: int = option(8, "training batch size")
     lr: float = option(1e-3, "Adam learning rate (poly decay, power 0.9)")
     weight_decay: float = option(1e-4, "weight decay")
+    max_minutes: typing.Optional[float] = option(
+        None, "training time budget in minutes: the LR decays over it and training stops when it is spent")
     seed: int = option(0, "random seed of the init and the data order")
     flip: bool = option(True, "average with the horizontally flipped input at prediction")
     saliency_threshold: float = option(0.5, "saliency at or above this is salient in masks/")

@@ -170,16 +170,26 @@ def make_optimizer(net, *, lr: float, weight_decay: float):
 
 def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequence[np.ndarray], *, epochs: int,
                    batch_size: int = 8, lr: float = 1e-3, start_epoch: int = 0, seed: int = 0,
-                   on_epoch: Callable[[int, float], None] | None = None, progress: bool = True) -> list[float]:
+                   on_epoch: Callable[[int, float], None] | None = None, progress: bool = True,
+                   max_seconds: float | None = None, spent_seconds: float = 0.0,
+                   recalibrate: bool = True) -> list[float]:
     """Train ``net`` on equally sized images (S, S, 3) uint8 and targets (S, S) {0, 1, 255} for epochs
     ``start_epoch .. epochs - 1``; returns the mean loss of each epoch run.
 
     Poly learning-rate decay (power 0.9) over all ``epochs``; each epoch reshuffles with ``seed + epoch`` and flips
     half the images horizontally, so a resumed run repeats the same schedule. ``on_epoch(epoch, mean_loss)`` is
     called after each epoch (the stage saves its checkpoint and log there).
+
+    Time budget: with ``max_seconds`` the learning rate decays over whichever runs out first, the epochs or the
+    budget (``spent_seconds`` were used before a resume), and training ends after the step that spends the budget
+    (that epoch is then reported as finished). With ``recalibrate`` the BatchNorm statistics are re-estimated on
+    the training images at the end (:func:`recalibrate_batchnorm`).
     """
-    import torch
+    import time
+
     from tqdm import tqdm
+
+    t0 = time.perf_counter()
 
     if len(images) != len(targets) or not images:
         raise ValueError(f"need the same non-zero number of images and targets, got {len(images)} and {len(targets)}")
@@ -195,6 +205,7 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
         running, count = 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"saliency epoch {epoch + 1}/{epochs}", disable=not progress or None,
                    leave=False, dynamic_ncols=True)
+        out_of_time = False
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm needs 2 samples; fold a lone last image into the next epoch
@@ -203,8 +214,11 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
             tgts = [targets[i][:, ::-1] if flips[i] else targets[i] for i in idx]
             x, y = _batch_tensors([np.ascontiguousarray(a) for a in imgs], [np.ascontiguousarray(t) for t in tgts])
             it = epoch * steps_per_epoch + step
+            done = it / total
+            if max_seconds:
+                done = max(done, min(1.0, (spent_seconds + time.perf_counter() - t0) / max_seconds))
             for group in optimizer.param_groups:
-                group["lr"] = lr * (1 - it / total) ** 0.9
+                group["lr"] = lr * (1 - done) ** 0.9
             loss = saliency_loss(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -212,12 +226,42 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
             running += float(loss.detach()) * len(idx)
             count += len(idx)
             bar.set_postfix(loss=f"{running / max(count, 1):.4f}")
+            if max_seconds and spent_seconds + time.perf_counter() - t0 >= max_seconds:
+                out_of_time = True
+                break
         mean = running / max(count, 1)
         losses.append(mean)
         if on_epoch is not None:
             on_epoch(epoch, mean)
+        if out_of_time:
+            break
+    if recalibrate:
+        recalibrate_batchnorm(net, images, batch_size=batch_size)
     net.eval()
     return losses
+
+
+def recalibrate_batchnorm(net, images: Sequence[np.ndarray], *, batch_size: int = 8) -> None:
+    """Re-estimate every BatchNorm's running mean/variance as a plain average over ``images`` with the final
+    weights (one forward pass, no gradient). After short training the running averages still mix in the early
+    weights' statistics, which skews the eval-mode output; this removes that lag."""
+    import torch
+
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(images) < 2:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    net.train()
+    with torch.no_grad():
+        for k in range(0, len(images), batch_size):
+            chunk = images[k:k + batch_size]
+            if len(chunk) >= 2:
+                net(_batch_tensors([np.ascontiguousarray(a) for a in chunk]))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
 
 
 # -------------------------------------------------------------------------------------------- prediction

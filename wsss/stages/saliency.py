@@ -6,7 +6,7 @@ Files in the stage folder (besides the contract's ``stage.json``, ``manifest.csv
   the network's input size; a killed run does not redo GrabCut for images already cached;
 * ``checkpoint.pt``: model + optimizer + finished epochs, written atomically after every epoch (resume point);
 * ``saliency.pt``: the trained model (``--checkpoint`` of a later stage), written when training has finished;
-* ``train_log.csv``: epoch, mean loss, seconds;
+* ``train_log.csv``: epoch, mean loss, seconds of training so far;
 * ``saliency/<id>.png``: the 8-bit saliency map of each image for a quick look.
 """
 
@@ -141,17 +141,21 @@ def train_saliency_stage(config: SaliencyConfig, dataset: Dataset, stage_dir: Pa
     net = saliency_net(backbone=config.backbone, weights=config.weights)
     optimizer = make_optimizer(net, lr=config.lr, weight_decay=config.weight_decay)
     ckpt_path, log_path = stage_dir / CHECKPOINT, stage_dir / TRAIN_LOG
-    start, rows = 0, []
+    start, rows, spent = 0, [], 0.0
     if ckpt_path.exists():
         state = read_saliency_checkpoint(ckpt_path)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["epoch"])
         rows = [list(r) for r in state.get("log", [])]
+        spent = float(rows[-1][2]) if rows else 0.0
         log.info("%s: resuming after epoch %d", ckpt_path, start)
+    budget = config.max_minutes * 60 if config.max_minutes else None
+    if budget is not None and spent >= budget:
+        start = config.epochs  # the time budget was spent before the kill: training is over
     meta = {"backbone": config.backbone, "input_size": config.input_size,
             "train_set": str(train_set.root), "train_split": str(train_set.split), "train_images": len(images)}
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - spent
 
     def on_epoch(epoch: int, loss: float) -> None:
         rows.append([epoch + 1, round(loss, 6), round(time.perf_counter() - t0, 2)])
@@ -161,8 +165,10 @@ def train_saliency_stage(config: SaliencyConfig, dataset: Dataset, stage_dir: Pa
         log.info("saliency epoch %d: loss %.4f", epoch + 1, loss)
 
     train_saliency(net, optimizer, images, targets, epochs=config.epochs, batch_size=config.batch_size,
-                   lr=config.lr, start_epoch=start, seed=config.seed, on_epoch=on_epoch)
-    _save({"model": net.state_dict(), "epoch": config.epochs, "log": rows, "config": config_to_dict(config),
+                   lr=config.lr, start_epoch=start, seed=config.seed, on_epoch=on_epoch, max_seconds=budget,
+                   spent_seconds=spent)
+    _save({"model": net.state_dict(), "epoch": int(rows[-1][0]) if rows else 0, "log": rows,
+           "config": config_to_dict(config),
            **meta}, final)
     write_csv(log_path, ["epoch", "mean_loss", "seconds"], rows)
     if skipped:
