@@ -44,4 +44,38 @@ def run_demo(run_dir: Path, *, images: int = 60, workers: int = 2, overwrite: bo
     if summary.failed:
         raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
     rows.append(("refined/crf (grabcut)", summary.quality))
+    rows += _demo_saliency_guide(dataset, run_dir, workers=workers, overwrite=overwrite, echo=echo)
+    return rows
+
+
+def _demo_saliency_guide(dataset, run_dir: Path, *, workers: int, overwrite: bool,
+                         echo: Callable[[str], None]) -> list[tuple[str, dict | None]]:
+    """Saliency seeds (a small net, about a minute on 2 cores) and the guide labeller on the demo set.
+
+    Class evidence comes from the CAM seeds when the demo made them (RUN/seeds/cam), else from the threshold seeds'
+    masks (nearest seed). Also writes the baselines made from the same inputs: saliency-only and, with CAMs, the
+    dense CAM labels.
+    """
+    from ..config import CamGuideConfig, SaliencyConfig, SaliencyGuideConfig, SaliencyOnlyConfig
+    from .label import run_label_stage
+
+    config = SaliencyConfig(input_size=96, epochs=12, batch_size=8, max_minutes=3.0)
+    echo("seeds/saliency: training a ResNet-18 U-Net on GrabCut-from-box targets (96 px, <= 3 minutes)")
+    summary = run_method_stage("seeds", "saliency", SEED_METHODS["saliency"], config, dataset, run_dir,
+                               workers=workers, overwrite=overwrite, overlays=8)
+    if summary.failed:
+        raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
+    rows = [("seeds/saliency", summary.quality)]
+    cam = run_dir / "seeds" / "cam"
+    seeds = cam if (cam / "manifest.csv").exists() else run_dir / "seeds" / "threshold"
+    guides = [("saliency", SaliencyGuideConfig()), ("saliency-only", SaliencyOnlyConfig())]
+    if seeds == cam:
+        guides.append(("cam", CamGuideConfig()))
+    for guide, guide_config in guides:
+        summary = run_label_stage(guide, guide_config, dataset, run_dir,
+                                  upstream_paths={"seeds": str(seeds), "saliency": str(run_dir / "seeds" / "saliency")},
+                                  workers=workers, overwrite=overwrite, overlays=8)
+        if summary.failed:
+            raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
+        rows.append((f"labels/{guide} ({seeds.name} seeds)", summary.quality))
     return rows
