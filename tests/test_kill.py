@@ -291,3 +291,19 @@ def test_predict_killed_at_random_points_resumes_identically(tmp_path):
                                   kills=2, n_images=16)
     print("predict masks at the kills:", counts)
     assert any(0 < c < 16 for c in counts), f"no kill landed mid-run: {counts}"
+
+
+@pytest.mark.slow
+def test_label_guide_killed_at_random_points_resumes_identically(small_kill_data, tmp_path):
+    upstream_run = tmp_path / "up"
+    _run_to_end([*WSSS, "seeds", "--method", "grabcut", "--dataset", str(small_kill_data), "--run",
+                 str(upstream_run)])
+
+    def cmd_for(run):
+        return [*WSSS, "label", "--guide", "cam", "--seeds", str(upstream_run / "seeds" / "grabcut"), "--dataset",
+                str(small_kill_data), "--run", str(run)]
+
+    counts = _kill_resume_compare(cmd_for, lambda run: run / "labels" / "cam", tmp_path, seed=6, kills=3,
+                                  n_images=30)
+    print("label masks at the kills:", counts)
+    assert any(0 < c < 30 for c in counts), f"no kill landed mid-run: {counts}"

@@ -752,3 +752,47 @@ def test_32bit_and_float_images_are_converted_as_documented(tmp_path):
     la = Image.fromarray(np.array([[10, 200]], np.uint8), "L").convert("LA")
     la.save(tmp_path / "la.png")
     assert read_image(tmp_path / "la.png").tolist() == [[[10, 10, 10], [200, 200, 200]]]
+
+
+def test_label_guide_survives_tampered_upstream_scores(voc_corpus, tmp_path):
+    """wsss label reads the upstream scores/: a pickled, a truncated and a missing npz and a failed upstream row
+    fail only their image, each named; nothing runs; the rest equals a run on the intact upstream."""
+    clean = voc_corpus["clean"]
+    up = tmp_path / "up"
+    assert CliRunner().invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(clean), "--run",
+                                     str(up)]).exit_code == 0
+    intact = up / "seeds" / "grabcut"
+    damaged = tmp_path / "damaged"
+    shutil.copytree(intact, damaged)
+    sentinel = tmp_path / "executed"
+    np.savez(damaged / "scores" / "demo_0004.npz", scores=np.array([_Payload(sentinel)], dtype=object),
+             class_ids=np.array([0]))
+    data = (damaged / "scores" / "demo_0005.npz").read_bytes()
+    (damaged / "scores" / "demo_0005.npz").write_bytes(data[: len(data) // 2])
+    (damaged / "scores" / "demo_0008.npz").unlink()
+    manifest = (damaged / "manifest.csv").read_text().replace("demo_0006,masks/demo_0006.png,scores/demo_0006.npz,ok,",
+                                                              "demo_0006,,,failed,GrabCut exploded")
+    (damaged / "manifest.csv").write_text(manifest)
+    expected = {
+        "demo_0004": ["damaged/scores/demo_0004.npz", "not a plain numeric .npz", "delete it and re-run"],
+        "demo_0005": ["damaged/scores/demo_0005.npz", "delete it and re-run"],
+        "demo_0006": [f"{damaged}: no output for image 'demo_0006'", "re-run that stage"],
+        "demo_0008": ["damaged/scores/demo_0008.npz", "re-run the upstream stage"],
+    }
+    args = ["label", "--guide", "cam", "--dataset", str(clean), "--seeds"]
+    result = CliRunner().invoke(main, [*args, str(damaged), "--run", str(tmp_path / "run")])
+    ref = CliRunner().invoke(main, [*args, str(intact), "--run", str(tmp_path / "ref")])
+    assert ref.exit_code == 0, ref.output
+    assert result.exit_code == 1 and f"{len(expected)} image(s) failed" in result.stderr, result.output
+    assert not sentinel.exists()
+    stage, ref_stage = tmp_path / "run" / "labels" / "cam", tmp_path / "ref" / "labels" / "cam"
+    rows = read_csv(stage / "manifest.csv")
+    failed = {r["image_id"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert set(failed) == set(expected)
+    for image_id, needles in expected.items():
+        assert all(n in failed[image_id] for n in needles), (image_id, failed[image_id])
+    ok = [r["image_id"] for r in rows if r["status"] == "ok"]
+    assert len(ok) == N_IMAGES - len(expected)
+    for image_id in ok:
+        assert (stage / "masks" / f"{image_id}.png").read_bytes() == \
+            (ref_stage / "masks" / f"{image_id}.png").read_bytes()
