@@ -293,3 +293,29 @@ def test_training_time_budget_stops_early():
     assert len(losses) == 1 and calls == [0]  # one step, then the spent budget ends training
     assert opt.param_groups[0]["lr"] == 0.0  # the LR decayed over the (spent) budget
     assert not net.training
+
+
+@pytest.mark.realdata
+def test_grabcut_targets_on_voc_dev():
+    """GrabCut-from-box targets (the saliency net's training labels) against the GT foreground of 12 voc-dev
+    train images at the net's input size: F-measure well above the box fill's."""
+    from conftest import voc_dev
+
+    from wsss.datasets import open_dataset
+
+    data = open_dataset(voc_dev(), "train")
+    grabcut, boxfill = SaliencyQuality(), SaliencyQuality()
+    for image_id in data.ids[:12]:
+        s = data.load(image_id)
+        small, gt = resize_pair(s.image, s.gt, 112)
+        boxes = scale_boxes(s.boxes, s.image.shape[:2], 112)
+        target = targets_from_boxes(small, boxes).astype(np.float32)
+        target[target == 255] = 0.0  # doubtful counts as background here
+        grabcut.add(target, gt)
+        fill = np.zeros(gt.shape, np.float32)
+        for _, x0, y0, x1, y1 in boxes:
+            fill[y0:y1, x0:x1] = 1
+        boxfill.add(fill, gt)
+    g, b = grabcut.result(), boxfill.result()
+    assert g["f_at_threshold"] > 0.7 and g["f_at_threshold"] > b["f_at_threshold"]
+    assert g["mae"] < b["mae"]
