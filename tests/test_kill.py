@@ -102,7 +102,7 @@ def _assert_same_outputs(stage: Path, reference: Path) -> None:
     files = sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())
     assert files == ref_files, "extra or missing files (temporary files left behind?)"
     for rel in ref_files:
-        if rel.parts[0] in ("masks", "scores"):
+        if rel.parts[0] in ("masks", "scores", "candidates"):
             assert (stage / rel).read_bytes() == (reference / rel).read_bytes(), rel
     info, ref_info = (json.loads((s / "stage.json").read_text()) for s in (stage, reference))
     assert info["status"] == ref_info["status"] == "complete"
@@ -306,4 +306,15 @@ def test_label_guide_killed_at_random_points_resumes_identically(small_kill_data
     counts = _kill_resume_compare(cmd_for, lambda run: run / "labels" / "cam", tmp_path, seed=6, kills=3,
                                   n_images=30)
     print("label masks at the kills:", counts)
+    assert any(0 < c < 30 for c in counts), f"no kill landed mid-run: {counts}"
+
+
+@pytest.mark.slow
+def test_candidates_killed_at_random_points_resume_identically(small_kill_data, tmp_path):
+    def cmd_for(run):
+        return [*WSSS, "candidates", "--dataset", str(small_kill_data), "--run", str(run)]
+
+    counts = _kill_resume_compare(cmd_for, lambda run: run / "candidates" / "selective", tmp_path, seed=8, kills=3,
+                                  n_images=30)
+    print("candidates masks at the kills:", counts)
     assert any(0 < c < 30 for c in counts), f"no kill landed mid-run: {counts}"
