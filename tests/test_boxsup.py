@@ -247,7 +247,7 @@ def test_boxsup_rounds_write_evaluable_folders_and_resume(demo_root, tmp_path):
     from wsss.stages.folder import StageFolder
 
     ds = open_dataset(demo_root, "train")
-    summary, rounds = run_boxes_guide(_tiny_boxsup(val_split="val"), ds, tmp_path, workers=1)
+    summary, rounds = run_boxes_guide(_tiny_boxsup(val_split="val", predict_scales=(0.5,)), ds, tmp_path, workers=1)
     assert summary.ok and [r["round"] for r in rounds] == [0, 1]
     for name in ("labels/boxes_r0", "labels/boxes_r1", "labels/boxes", "candidates/selective"):
         folder = StageFolder.open(tmp_path / name)
@@ -263,7 +263,8 @@ def test_boxsup_rounds_write_evaluable_folders_and_resume(demo_root, tmp_path):
         assert values <= {0} | {int(b[0]) for b in ds.load(i, image=False).boxes}
     # a second run skips every round (same labels, no retraining)
     mtime = (tmp_path / "train" / "boxsup_r1" / "checkpoint.pt").stat().st_mtime
-    summary2, rounds2 = run_boxes_guide(_tiny_boxsup(val_split="val"), ds, tmp_path, workers=1)
+    summary2, rounds2 = run_boxes_guide(_tiny_boxsup(val_split="val", predict_scales=(0.5,)), ds, tmp_path,
+                                        workers=1)
     assert summary2.done == 0 and rounds2 == rounds
     assert (tmp_path / "train" / "boxsup_r1" / "checkpoint.pt").stat().st_mtime == mtime
     # round 1's draws are seeded: redoing the round from the same network gives the same labels
@@ -271,7 +272,7 @@ def test_boxsup_rounds_write_evaluable_folders_and_resume(demo_root, tmp_path):
 
     before = {i: last.mask(i) for i in ds.ids}
     shutil.rmtree(tmp_path / "labels" / "boxes_r1")
-    run_boxes_guide(_tiny_boxsup(val_split="val"), ds, tmp_path, workers=2)
+    run_boxes_guide(_tiny_boxsup(val_split="val", predict_scales=(0.5,)), ds, tmp_path, workers=2)
     redone = StageFolder.open(tmp_path / "labels" / "boxes_r1")
     for i in ds.ids:
         np.testing.assert_array_equal(redone.mask(i), before[i])
@@ -287,6 +288,8 @@ def test_boxsup_bad_config_is_refused(demo_root, tmp_path):
         run_boxsup_rounds(_tiny_boxsup(model="nope"), ds, tmp_path)
     with pytest.raises(ConfigError, match="--top-k"):
         run_boxsup_rounds(_tiny_boxsup(top_k=0), ds, tmp_path)
+    with pytest.raises(ConfigError, match="--predict-scales"):
+        run_boxsup_rounds(_tiny_boxsup(predict_scales=(0.0,)), ds, tmp_path)
 
 
 def test_cli_candidates_command(demo_root, tmp_path):

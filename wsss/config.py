@@ -75,6 +75,8 @@ class BoxSupConfig:
     lr: float = option(2.5e-4, "base learning rate (head x10, poly decay)")
     crop_size: int = option(321, "square training crop (pixels)")
     val_split: typing.Optional[str] = option(None, "split with GT on which each round's network is scored")
+    predict_scales: tuple[float, ...] = option((1.0,), "image scales at which the network predicts the "
+                                                       "probabilities for re-selection (e.g. 0.5 on a CPU)")
     device: str = option("auto", "torch device for training and prediction (auto: cuda when available)")
 
 

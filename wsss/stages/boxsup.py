@@ -68,7 +68,7 @@ class BoxSupRoundJob:
         from .predict import load_trained_model
 
         model, meta = load_trained_model(self.checkpoint, self.device)
-        probs = segment(model, sample.image, device=self.device,
+        probs = segment(model, sample.image, scales=self.config.predict_scales, device=self.device,
                         channels_last=bool(meta.get("speed", {}).get("channels_last")))
         selection, _ = update_selection(cands, sample.boxes, probs, lam=self.config.boxsup_lambda,
                                         top_k=self.config.top_k, clip_to_box=self.config.clip_to_box,
@@ -124,6 +124,8 @@ def _check(config: BoxSupConfig) -> None:
     if config.boxsup_rounds < 0 or config.top_k < 1 or config.boxsup_lambda < 0 or not 0 <= config.tie_tolerance <= 1:
         raise ConfigError("--boxsup-rounds >= 0, --top-k >= 1, --boxsup-lambda >= 0 and 0 <= --tie-tolerance <= 1 "
                           "please")
+    if not config.predict_scales or any(v <= 0 for v in config.predict_scales):
+        raise ConfigError("--predict-scales: give positive scales, e.g. 1.0 or 0.5,1.0")
     if config.iterations < 1 or config.batch_size < 1 or config.crop_size < 8:
         raise ConfigError("--iterations and --batch-size must be >= 1 and --crop-size >= 8")
 
