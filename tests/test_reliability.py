@@ -796,3 +796,37 @@ def test_label_guide_survives_tampered_upstream_scores(voc_corpus, tmp_path):
     for image_id in ok:
         assert (stage / "masks" / f"{image_id}.png").read_bytes() == \
             (ref_stage / "masks" / f"{image_id}.png").read_bytes()
+
+
+# ---------------------------------------------------------------------- tampered files through the CLI
+def test_cli_refuses_a_tampered_checkpoint_for_predict_and_train_resume(demo_root, tmp_path):
+    import torch
+
+    sentinel = tmp_path / "executed"
+    run = tmp_path / "run"
+    train = ["train", "--model", "segnet_basic", "--labels", "gt", "--dataset", str(demo_root), "--split", "train",
+             "--run", str(run), "--iterations", "1", "--batch-size", "2", "--crop-size", "32", "--loader-workers",
+             "0", "--device", "cpu"]
+    first = CliRunner().invoke(main, train)
+    assert first.exit_code == 0, first.output
+    ckpt = run / "train" / "segnet_basic" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["meta"]["hook"] = _Payload(sentinel)  # a pickled object that would run code when unpickled
+    torch.save(state, ckpt)
+    pred = CliRunner().invoke(main, ["predict", "--checkpoint", str(ckpt), "--dataset", str(demo_root), "--run",
+                                     str(tmp_path / "p"), "--device", "cpu"])
+    assert pred.exit_code == 2 and str(ckpt) in pred.stderr and "checkpoint" in pred.stderr, pred.output
+    resumed = CliRunner().invoke(main, train)  # the same command again reads the checkpoint to resume
+    assert resumed.exit_code == 2 and str(ckpt) in resumed.stderr, resumed.output
+    assert not sentinel.exists()
+    with pytest.raises(UnsafeFileError, match="could run code"):
+        load_checkpoint(ckpt)
+
+
+def test_cli_refuses_a_recipe_with_python_tags(demo_root, tmp_path):
+    sentinel = tmp_path / "executed"
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text(f"name: evil\nsteps: !!python/object/apply:os.system ['touch {sentinel}']\n")
+    result = CliRunner().invoke(main, ["run", str(recipe), "--dataset", str(demo_root), "--run", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "evil.yaml" in result.stderr, result.output
+    assert not sentinel.exists()
