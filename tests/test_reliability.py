@@ -830,3 +830,24 @@ def test_cli_refuses_a_recipe_with_python_tags(demo_root, tmp_path):
     result = CliRunner().invoke(main, ["run", str(recipe), "--dataset", str(demo_root), "--run", str(tmp_path / "r")])
     assert result.exit_code == 2 and "evil.yaml" in result.stderr, result.output
     assert not sentinel.exists()
+
+
+def test_full_disk_with_worker_processes_stops_the_pool(demo_root, tmp_path, monkeypatch):
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def fsync_until_full(fd):  # per process (workers are forked with this patch): 3 writes fit, then full
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_until_full)
+    result = _seeds_cli(demo_root, tmp_path / "run", "--workers", "2")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert result.exit_code == 2 and "no space left on the device" in result.stderr, result.output
+    stage = tmp_path / "run" / "seeds" / "threshold"
+    assert len(list((stage / "masks").iterdir())) < 12
+    resumed = _seeds_cli(demo_root, tmp_path / "run", "--workers", "2")
+    assert resumed.exit_code == 0 and "0 failed" in resumed.output
+    assert len(list((stage / "masks").iterdir())) == 12 and not list(stage.rglob(".*"))

@@ -244,8 +244,12 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
         try:
             with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(ctx,)) as pool:
                 chunk = max(1, min(16, len(ids) // (workers * 8)))
-                for record in tqdm(pool.map(_process_one, ids, chunksize=chunk), **bar):
-                    records.append(cm_sum.take(record))
+                try:
+                    for record in tqdm(pool.map(_process_one, ids, chunksize=chunk), **bar):
+                        records.append(cm_sum.take(record))
+                except BaseException:  # full disk, Ctrl-C: stop now instead of running the queued images
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         except BrokenProcessPool as exc:
             raise StageError(
                 f"{stage_dir}: a worker process died ({exc}; killed, or out of memory?); finished images are kept: "
