@@ -57,6 +57,18 @@ def test_initial_selection_tie_tolerance_prefers_the_larger_near_tie():
     assert initial_selection(cands, box, tie_tolerance=0.5).tolist() == [2]
 
 
+def test_boxes_reaching_outside_the_image_are_clipped():
+    obj = _rect(SHAPE, 0, 0, 20, 15)
+    cands = candidates_from_masks([obj, _rect(SHAPE, 0, 0, 10, 15)])
+    box = np.array([[4, -1, -1, 20, 15]])                # VOC xmin 0 read without clipping
+    sel = initial_selection(cands, box)
+    assert sel.tolist() == [0]
+    labels = labels_from_selection(cands, box, sel)
+    assert (labels[obj] == 4).all() and (labels[~obj] == 0).all()
+    probs = _one_hot_probs(labels, 5)
+    assert candidate_costs(cands, box[0], probs)[0] < 0.05
+
+
 def test_overlap_rule_smaller_candidate_wins_and_clip_to_box():
     big = _rect(SHAPE, 0, 0, 30, 30)
     small = _rect(SHAPE, 10, 10, 20, 20)

@@ -50,8 +50,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def _check_boxes(boxes) -> np.ndarray:
-    boxes = np.asarray(boxes if boxes is not None else np.zeros((0, 5)), np.int64).reshape(-1, 5)
+def _check_boxes(boxes, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """(N, 5) int64 boxes, clipped to an image of ``shape`` (H, W) when given (a VOC box at xmin 0 becomes -1 and
+    would slice from the far side); a box left without area or with a class below 1 is a ValueError."""
+    boxes = np.asarray(boxes if boxes is not None else np.zeros((0, 5)), np.int64).reshape(-1, 5).copy()
+    if shape is not None and len(boxes):
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, shape[1])
+        boxes[:, [2, 4]] = np.clip(boxes[:, [2, 4]], 0, shape[0])
     if len(boxes) and ((boxes[:, 3] <= boxes[:, 1]) | (boxes[:, 4] <= boxes[:, 2]) | (boxes[:, 0] < 1)).any():
         bad = boxes[(boxes[:, 3] <= boxes[:, 1]) | (boxes[:, 4] <= boxes[:, 2]) | (boxes[:, 0] < 1)][0].tolist()
         raise ValueError(f"box [class, x0, y0, x1, y1] = {bad} has no area or a class below 1")
@@ -61,7 +66,7 @@ def _check_boxes(boxes) -> np.ndarray:
 def initial_selection(candidates: Candidates, boxes, *, tie_tolerance: float = 0.05) -> np.ndarray:
     """(N,) int64: for each box (N, 5) ``[class, x0, y0, x1, y1]`` the candidate whose box matches it best; among
     candidates within ``tie_tolerance`` of the best box IoU, the largest (then the lowest index)."""
-    boxes = _check_boxes(boxes)
+    boxes = _check_boxes(boxes, candidates.shape)
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
     if len(candidates) == 0:
@@ -73,7 +78,7 @@ def initial_selection(candidates: Candidates, boxes, *, tie_tolerance: float = 0
 
 def labels_from_selection(candidates: Candidates, boxes, selection, *, clip_to_box: bool = True) -> np.ndarray:
     """(H, W) uint8 labels: selected candidate ``selection[i]`` takes the class of box ``i`` (rules: module doc)."""
-    boxes = _check_boxes(boxes)
+    boxes = _check_boxes(boxes, candidates.shape)
     selection = np.asarray(selection, np.int64).reshape(-1)
     if len(selection) != len(boxes):
         raise ValueError(f"{len(selection)} selected candidates for {len(boxes)} boxes")
@@ -99,7 +104,7 @@ def candidate_costs(candidates: Candidates, box, probs: np.ndarray, *, lam: floa
 
     ``probs`` holds class probabilities (softmax) for every class id ``0..K-1`` at the image's size.
     """
-    cls, x0, y0, x1, y1 = (int(v) for v in np.asarray(box).reshape(-1)[:5])
+    cls, x0, y0, x1, y1 = (int(v) for v in _check_boxes(np.asarray(box).reshape(-1)[:5], candidates.shape)[0])
     probs = np.asarray(probs)
     if probs.ndim != 3 or probs.shape[1:] != candidates.shape:
         raise ValueError(f"probs {probs.shape} do not match the candidates' image {candidates.shape}")
@@ -138,7 +143,7 @@ def select_candidates(costs: np.ndarray, top_k: int, rng: np.random.Generator) -
 def update_selection(candidates: Candidates, boxes, probs: np.ndarray, *, lam: float = 1.0, top_k: int = 5,
                      rng: np.random.Generator, clip_to_box: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One BoxSup update for every box: ``(selection (N,) int64, chosen costs (N,) float64)``."""
-    boxes = _check_boxes(boxes)
+    boxes = _check_boxes(boxes, candidates.shape)
     selection = np.zeros(len(boxes), np.int64)
     chosen = np.zeros(len(boxes))
     for i, box in enumerate(boxes):
