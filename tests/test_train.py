@@ -140,6 +140,19 @@ def test_ddp_two_processes_end_with_identical_weights(demo_root, tmp_path):
     ckpt = _weights(tmp_path / "run/train/deeplabv2/checkpoint.pt")
     for key in r0:
         assert torch.equal(ckpt[key], r0[key]), key
+    # a per-image stage under torchrun (python -m wsss): images sharded by rank, one stage folder. ("--" keeps
+    # torchrun's argparse from reading wsss's --run as an abbreviation of its own --run-path.)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "wsss",
+           "--", "predict", "--checkpoint", str(tmp_path / "run/train/deeplabv2"), "--dataset", str(demo_root),
+           "--split", "trainval", "--run", str(tmp_path / "run"), "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pred = tmp_path / "run/predictions/deeplabv2"
+    rows = read_csv(pred / "manifest.csv")
+    assert [r["image_id"] for r in rows] == open_dataset(demo_root, "trainval").ids
+    assert all(r["status"] == "ok" for r in rows) and len(list((pred / "masks").glob("*.png"))) == 12
+    info = read_json(pred / "stage.json")
+    assert info["world_size"] == 2 and info["quality"]["images"] == 12
 
 
 @pytest.mark.slow

@@ -409,7 +409,8 @@ def train(model_name, labels, dataset_path, split, val_split, run_dir, device, s
     """Train a segmentation model on a mask stage folder (pseudo masks, seeds or GT) into RUN/train/MODEL/.
 
     Re-running the same command resumes from checkpoint.pt with the same schedule. Several processes:
-    torchrun --nproc-per-node N -m wsss train ... (DDP; gloo on CPU, nccl on GPU).
+    torchrun --nproc-per-node N -m wsss -- train ... (DDP; gloo on CPU, nccl on GPU; the "--" stops torchrun from
+    reading --run as its own --run-path).
     """
     from .stages.train import run_train
 

@@ -330,6 +330,8 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
                          f"{float(np.mean(recent)):.5f}", round(now - t0, 2),
                          round(len(recent) * batch_size * world / max(now - t_log, 1e-9), 3),
                          "" if not val_now or validation is None else validation["miou"]])
+            if rank == 0:
+                write_csv(log_path, LOG_HEADER, rows)
             t_log = time.perf_counter()
         if iteration % checkpoint_every == 0 or iteration == end:
             checkpoint(iteration)
