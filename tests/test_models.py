@@ -269,3 +269,28 @@ def test_cli_train_and_multiscale_predict_with_a_zoo_model(demo_root, tmp_path):
         assert np.allclose(z["scores"].astype(np.float32), expected, atol=2e-3)
     mask = read_mask(pred / rows[0]["mask"])
     assert mask.shape == (64, 80) and (mask == expected.argmax(0)).mean() > 0.99
+
+
+@pytest.mark.slow
+def test_imagenet_fc_layers_are_convolutionalised_and_subsampled(monkeypatch):
+    """weights='imagenet' without a download: a seeded torchvision VGG16 stands in for the ImageNet one."""
+    import torchvision
+
+    import wsss.models.deeplab_variants as dv
+    import wsss.models.fcn as fcn
+
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16()
+    monkeypatch.setattr(fcn, "vgg16", lambda weights=None, **kw: vgg)
+    model = fcn.fcn32s(num_classes=2, weights="imagenet")
+    assert torch.equal(model.backbone.fc6.weight, vgg.classifier[0].weight.view(4096, 512, 7, 7))
+    assert torch.equal(model.backbone.fc7.weight[:, :, 0, 0], vgg.classifier[3].weight)
+    assert model.backbone.stage1[0] is vgg.features[0]  # the pretrained convolutions themselves
+    del model
+    monkeypatch.setattr(dv, "vgg16", lambda weights=None, **kw: vgg)
+    trunk = dv.DeepLabV1Trunk(weights="imagenet")
+    fc6 = vgg.classifier[0].weight.view(4096, 512, 7, 7)
+    assert torch.equal(trunk.fc6.weight, fc6[::4, :, ::3, ::3])  # 1024 filters, taps 0, 3, 6 of 7
+    assert torch.equal(trunk.fc6.weight[5, 7, 1, 2], fc6[20, 7, 3, 6])
+    assert torch.equal(trunk.fc7.weight[:, :, 0, 0], vgg.classifier[3].weight[::4, ::4])
+    assert torch.equal(trunk.fc7.bias, vgg.classifier[3].bias[::4])
