@@ -234,3 +234,37 @@ def test_segment_flip_of_a_flip_equivariant_model():
     assert np.allclose(segment(model, image, flip=True), plain, atol=1e-5)
     multi = segment(model, image, scales=(0.5, 1.0))
     assert multi.shape == plain.shape and not np.allclose(multi, plain, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_one_go(demo_root, tmp_path):
+    """A `wsss train` process killed (SIGKILL) after a checkpoint, re-run with the same command, ends with the
+    weights of an uninterrupted run."""
+    import signal
+    import time
+
+    def command(run):
+        return [sys.executable, "-m", "wsss", "train", "--model", "deeplabv2", "--labels", "gt", "--dataset",
+                str(demo_root), "--run", str(run), "--backbone", "resnet18", "--iterations", "6", "--batch-size",
+                "2", "--crop-size", "32", "--checkpoint-every", "2", "--loader-workers", "1", "--threads", "2"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    one = subprocess.run(command(tmp_path / "one"), env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    proc = subprocess.Popen(command(tmp_path / "two"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "two/train/deeplabv2/checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(ckpt)["iteration"]
+    assert killed_at in (2, 4)
+    again = subprocess.run(command(tmp_path / "two"), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    info = read_json(tmp_path / "two/train/deeplabv2/stage.json")
+    assert info["training"]["resumed_from"] == killed_at and info["training"]["iterations_done"] == 6
+    a, b = _weights(tmp_path / "one/train/deeplabv2"), _weights(tmp_path / "two/train/deeplabv2")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [int(r["iteration"]) for r in read_csv(tmp_path / "two/train/deeplabv2/log.csv")] == [6]
