@@ -253,7 +253,10 @@ def label(guide, seeds_stage, saliency_stage, dataset_path, split, run_dir, work
 @click.option("--split", default=None, help="split to score (default: the layout's whole set)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of tables")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="reader threads")
-def eval_(masks, dataset_path, split, as_json, workers):
+@click.option("--sweep", default=None, is_flag=False, flag_value="0.0:0.7:0.05", metavar="START:STOP:STEP",
+              help="score the dense label map of the folder's scores/ (e.g. seeds/cam) at each background threshold "
+                   "(STOP included, or a list a,b,c; bare --sweep: 0.0:0.7:0.05) and report the best")
+def eval_(masks, dataset_path, split, as_json, workers, sweep):
     """Score MASKS (a stage folder or a folder of PNG masks) against GT.
 
     mIoU counts 255 ("no label") as a miss for the GT class; labelled mIoU leaves such pixels out and is shown
@@ -261,6 +264,9 @@ def eval_(masks, dataset_path, split, as_json, workers):
     """
     from .stages.evaluate import evaluate_folder
 
+    if sweep is not None:
+        _eval_sweep(masks, _open(dataset_path, split), sweep, as_json, workers)
+        return
     result = evaluate_folder(masks, _open(dataset_path, split), workers=workers)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -273,6 +279,30 @@ def eval_(masks, dataset_path, split, as_json, workers):
     for name, row in result["per_class"].items():
         vals = [row[k] for k in ("iou", "labelled_iou", "precision", "recall")]
         click.echo(f"{name:<16} " + " ".join("    -  " if v is None else f"{v:7.2f}" for v in vals))
+
+
+def _eval_sweep(masks, dataset, spec, as_json, workers):
+    """``wsss eval --sweep``: mIoU per background threshold of a scores folder."""
+    from .seeds.cam import threshold_range
+    from .stages.evaluate import sweep_folder
+
+    try:
+        thresholds = threshold_range(spec)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}; use START:STOP:STEP or a,b,c", param_hint="--sweep") from None
+    result = sweep_folder(masks, dataset, thresholds, workers=workers)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['images']} images scored ({result['missing']} of the split without scores, "
+               f"{len(result['errors'])} unreadable)")
+    click.echo(f"{'bg_threshold':>12} {'mIoU':>7} {'prec':>7} {'recall':>7}")
+    for row in result["rows"]:
+        mark = "  <- best" if row is result["best"] else ""
+        vals = [row[k] for k in ("miou", "mean_precision", "mean_recall")]
+        click.echo(f"{row['bg_threshold']:12.3f} " + " ".join("    -  " if v is None else f"{v:7.2f}" for v in vals)
+                   + mark)
+    click.echo(f"best: mIoU {result['best']['miou']:.2f} at --bg-threshold {result['best']['bg_threshold']:g}")
 
 
 # ----------------------------------------------------------------------------------------------- data

@@ -135,6 +135,44 @@ class SaliencyOnlyConfig:
     saliency_threshold: float = option(0.5, "saliency at or above this is salient")
 
 
+@dataclass(frozen=True)
+class CamConfig:
+    """CAM seeds: GAP classifier training + multi-scale CAM inference (:mod:`wsss.seeds.cam`).
+
+    Training defaults follow IRN (Ahn et al., CVPR 2019) with ResNet-50; from random init (the default weights)
+    the backbone learns at the full learning rate.
+    """
+
+    backbone: str = option("resnet50", "classifier backbone (last stage dilated, output stride 16)",
+                           ("resnet18", "resnet50", "resnet101"))
+    weights: typing.Optional[str] = option(None, "backbone init: none = random (default), imagenet = torchvision's "
+                                                 "ImageNet weights (downloads once)", ("imagenet",))
+    checkpoint: typing.Optional[str] = option(None, "classifier.pt of an earlier cam stage: skip training")
+    train_split: typing.Optional[str] = option(None, "split to train the classifier on (default: the stage's split)")
+    epochs: int = option(5, "classifier training epochs")
+    batch_size: int = option(16, "training batch size")
+    crop_size: int = option(512, "training crop size (pixels, square; padded when the image is smaller)")
+    resize_long: tuple[int, ...] = option((320, 640), "training rescale: long side drawn in MIN,MAX pixels")
+    lr: float = option(0.1, "learning rate (poly decay, power 0.9)")
+    backbone_lr_scale: typing.Optional[float] = option(
+        None, "backbone learning rate = lr x this (default: 0.1 with imagenet weights, 1.0 from random init)")
+    weight_decay: float = option(1e-4, "weight decay")
+    optimizer: str = option("sgd", "optimizer (sgd: momentum 0.9)", ("sgd", "adamw"))
+    max_minutes: typing.Optional[float] = option(
+        None, "training time budget in minutes: the LR decays over it and training stops when it is spent")
+    seed: int = option(0, "random seed of the classifier init and the data order")
+    scales: tuple[float, ...] = option((1.0, 0.5, 1.5, 2.0), "CAM inference scales")
+    flip: bool = option(True, "add horizontally flipped inputs at CAM inference")
+    bg_threshold: float = option(0.15, "normalised CAM at or below this is background (dense map); with "
+                                       "--fg-threshold, below this is background")
+    fg_threshold: typing.Optional[float] = option(
+        None, "normalised CAM above this takes the arg-max class; between bg and fg is 255 (default: dense map)")
+    precision: str = option("auto", "CAM inference precision (auto: bf16 autocast on CUDA, fp32 on CPU where "
+                                    "bf16 measured slower)", ("auto", "fp32", "bf16"))
+    channels_last: bool = option(True, "channels_last memory format (measured faster on CPU)")
+    device: str = option("auto", "torch device (auto: cuda when available)", ("auto", "cpu", "cuda"))
+
+
 def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
 

@@ -48,3 +48,56 @@ def evaluate_folder(path: str | Path, dataset: Dataset, *, workers: int = 2) -> 
     out.update({"images": len(cms), "missing": len(missing), "errors": errors, "masks": str(path),
                 "dataset": dataset.describe()})
     return out
+
+
+# ------------------------------------------------------------------------------------ threshold sweep
+def _sweep_one(args):
+    from ..seeds.cam import sweep_confusions
+
+    folder, dataset, image_id, thresholds = args
+    try:
+        gt = dataset.load_gt(image_id)
+        if gt is None:
+            return image_id, None, "no GT mask"
+        scores, class_ids = folder.scores(image_id)
+        if scores.shape[1:] != gt.shape:
+            return image_id, None, f"scores {scores.shape[1:]} and GT {gt.shape} differ in size"
+        return image_id, sweep_confusions(scores, class_ids, gt, thresholds, dataset.num_classes), ""
+    except (WsssError, ValueError) as exc:
+        return image_id, None, str(exc)
+
+
+def sweep_folder(path: str | Path, dataset: Dataset, thresholds, *, workers: int = 2) -> dict:
+    """mIoU of the dense label map of a scores folder (CAMs) at each background threshold, against GT.
+
+    A pixel takes the class of its largest score when that score is above the threshold, else background
+    (:func:`wsss.seeds.cam.cam_seed_mask` without ``fg_threshold``). Returns ``{"rows": [{bg_threshold, miou,
+    labelled_miou, mean_precision, mean_recall}], "best": row, "images", "missing", "errors"}``.
+    """
+    thresholds = tuple(float(t) for t in thresholds)
+    if not thresholds:
+        raise StageError("no thresholds to sweep; give e.g. --sweep 0.05:0.6:0.05")
+    folder = StageFolder.open(path)
+    if not folder.has_scores:
+        raise StageError(f"{path}: this folder keeps no scores/ (its manifest lists none); sweep a stage that "
+                         "writes score maps, e.g. seeds/cam")
+    ids = [i for i in dataset.ids if folder.has(i) and folder.rows[i].get("scores")]
+    missing = [i for i in dataset.ids if i not in set(ids)]
+    if not ids:
+        raise StageError(f"{path}: none of the {len(dataset.ids)} images of split {dataset.split!r} has scores "
+                         "here; check --dataset/--split")
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(pool.map(_sweep_one, [(folder, dataset, i, thresholds) for i in ids]))
+    cms = [cm for _, cm, _ in results if cm is not None]
+    errors = [{"image_id": i, "reason": why} for i, cm, why in results if cm is None]
+    if not cms:
+        raise StageError(f"{path}: no image could be scored against GT ({errors[:3]})")
+    total = np.sum(cms, axis=0)
+    rows = []
+    for t, cm in zip(thresholds, total):
+        q = scores_from_confusion(cm, dataset.classes)
+        rows.append({"bg_threshold": t, **{k: q[k] for k in ("miou", "labelled_miou", "mean_precision",
+                                                             "mean_recall", "pixel_accuracy")}})
+    best = max(rows, key=lambda r: -1.0 if r["miou"] is None else r["miou"])
+    return {"rows": rows, "best": best, "images": len(cms), "missing": len(missing), "errors": errors,
+            "scores": str(path), "dataset": dataset.describe()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import BoxConfig, GrabCutConfig, SaliencyConfig, ThresholdConfig
+from ..config import BoxConfig, CamConfig, GrabCutConfig, SaliencyConfig, ThresholdConfig
 from ..datasets import Sample
 from .runner import ImageResult, MethodSpec
 
@@ -69,7 +69,81 @@ def _saliency_job(config, **kwargs):
     return make_saliency_job(config, **kwargs)
 
 
+_CAM_MODELS: dict = {}  # per-process cache: (checkpoint, mtime, options) -> prepared classifier
+
+
+@dataclass
+class CamJob:
+    """Multi-scale CAM of one image from a trained classifier checkpoint (picklable: the model loads lazily)."""
+
+    checkpoint: str
+    config: "CamConfig"
+    num_classes: int
+    threads: int | None = None
+    needs_image = True
+
+    def model(self):
+        import os
+
+        import torch
+
+        from ..seeds.cam import prepare_for_inference
+        from ..train_classifier import load_classifier, resolve_device
+
+        device = resolve_device(self.config.device)
+        mtime = os.path.getmtime(self.checkpoint) if os.path.exists(self.checkpoint) else None
+        key = (self.checkpoint, mtime, str(device), self.config.channels_last)
+        if key not in _CAM_MODELS:
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            model = load_classifier(self.checkpoint, num_classes=self.num_classes, device=device)
+            _CAM_MODELS.clear()
+            _CAM_MODELS[key] = prepare_for_inference(model, channels_last=self.config.channels_last)
+        return _CAM_MODELS[key], device
+
+    def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
+        import numpy as np
+
+        from ..seeds.cam import cam_seed_mask, multiscale_cam
+
+        model, device = self.model()
+        bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and device.type == "cuda")
+        cams, class_ids = multiscale_cam(model, sample.image, sample.image_labels, scales=self.config.scales,
+                                         flip=self.config.flip, bf16=bf16, channels_last=self.config.channels_last)
+        cams = cams.astype(np.float16).astype(np.float32)  # as stored: the kept scores reproduce the mask exactly
+        mask = cam_seed_mask(cams, class_ids, bg_threshold=self.config.bg_threshold,
+                             fg_threshold=self.config.fg_threshold)
+        return ImageResult(mask, scores=cams, class_ids=class_ids)
+
+
+def _cam_job(config, *, stage_dir, dataset, workers=1, **_):
+    """Train the classifier into the stage folder (resumable) unless ``--checkpoint`` is given; then the job."""
+    import os
+
+    from ..datasets import open_dataset
+    from ..errors import ConfigError
+    from ..train_classifier import train_classifier
+
+    if config.fg_threshold is not None and config.fg_threshold < config.bg_threshold:
+        raise ConfigError(f"--fg-threshold {config.fg_threshold} is below --bg-threshold {config.bg_threshold}; "
+                          "give fg >= bg")
+    if not config.scales or min(config.scales) <= 0:
+        raise ConfigError(f"--scales {config.scales}: give positive scales, e.g. 1.0,0.5,1.5,2.0")
+    if config.checkpoint:
+        checkpoint = config.checkpoint
+    else:
+        train_set = dataset if config.train_split is None else open_dataset(dataset.root, config.train_split)
+        checkpoint = str(train_classifier(train_set, stage_dir, config, loader_workers=0 if workers <= 1 else
+                                          min(workers, 4)))
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    job = CamJob(checkpoint, config, dataset.num_classes - 1, threads)
+    job.model()  # fail early (bad checkpoint, class count) before the image loop
+    return job
+
+
 SEED_METHODS: dict[str, MethodSpec] = {
+    "cam": MethodSpec(CamConfig, _cam_job, "class activation maps of a GAP classifier trained on the tags",
+                      writes_scores=True),
     "box": MethodSpec(BoxConfig, lambda config, **_: BoxFillJob(config),
                       "plain box fill, smaller boxes over larger (the box baseline)"),
     "grabcut": MethodSpec(GrabCutConfig, lambda config, **_: GrabCutJob(config),

@@ -1,0 +1,98 @@
+"""CAM inference throughput: wsss.seeds.cam.multiscale_cam against a naive reference loop.
+
+Reference (named ``naive``): the same checkpoint and images, one fp32 forward (batch 1, BatchNorm not folded,
+contiguous layout) per scale and per flip, then the same ReLU / flip-back / upsample / sum / max-normalisation.
+The module batches each scale with its flip, folds BatchNorm into the convs, and optionally uses channels_last and
+bf16 autocast. Every variant is timed on the same images in the same run; the ratio is images/s over the reference.
+
+    nice -n 10 /work/venv/bin/python bench/bench_cam.py --backbone resnet50 --images 8 --size 240x320
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from wsss.models.classifier import build_classifier
+from wsss.seeds.cam import DEFAULT_SCALES, multiscale_cam, prepare_for_inference, scaled_size
+
+
+def naive_cam(model, image, labels, scales=DEFAULT_SCALES):
+    """One fp32 forward per scale and per flip (the reference)."""
+    h, w = image.shape[:2]
+    class_ids = np.array(sorted(set(labels)), np.int64)
+    index = torch.as_tensor(class_ids - 1)
+    with torch.inference_mode():
+        x = model.normalise(torch.from_numpy(image).permute(2, 0, 1)[None])
+        total = torch.zeros((len(class_ids), h, w))
+        for scale in scales:
+            xs = F.interpolate(x, size=scaled_size((h, w), scale), mode="bilinear", align_corners=False)
+            for flipped in (False, True):
+                inp = xs.flip(-1) if flipped else xs
+                cam = F.relu(model.cam(model.features(inp), index))
+                if flipped:
+                    cam = cam.flip(-1)
+                total += F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)[0]
+        peak = total.flatten(1).amax(dim=1).clamp_min(1e-5)
+    return (total / peak[:, None, None]).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--checkpoint", default=None, help="classifier.pt from a cam stage (default: seeded init)")
+    parser.add_argument("--num-classes", type=int, default=20)
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--size", default="240x320", help="HxW of the generated test images")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes over the images (best kept)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_classifier(num_classes=args.num_classes, backbone=args.backbone)
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model = build_classifier(num_classes=state["meta"]["num_classes"], backbone=state["meta"]["backbone"])
+        model.load_state_dict(state["model"])
+    model.eval()
+    h, w = (int(v) for v in args.size.split("x"))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(args.images)]
+    labels = [sorted(rng.choice(np.arange(1, model.num_classes + 1), size=2, replace=False).tolist())
+              for _ in range(args.images)]
+
+    def timed(fn):
+        fn(images[0], labels[0])  # warm-up (oneDNN primitive creation)
+        best, out = float("inf"), None
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = [fn(im, lab) for im, lab in zip(images, labels)]
+            best = min(best, time.perf_counter() - t0)
+        return len(images) / best, out
+
+    ref_ips, ref_out = timed(lambda im, lab: naive_cam(model, im, lab))
+    print(f"backbone {args.backbone}, {args.images} images {h}x{w}, scales {DEFAULT_SCALES} + flip, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'variant':<44} {'img/s':>7} {'ratio':>6} {'max|diff|':>9}")
+    print(f"{'naive (fp32, 1 forward per scale and flip)':<44} {ref_ips:7.3f} {1.0:6.2f} {0.0:9.4f}")
+    variants = [
+        ("flip batched", dict(fold_bn=False, channels_last=False, bf16=False)),
+        ("flip batched + BN folded", dict(fold_bn=True, channels_last=False, bf16=False)),
+        ("flip batched + BN folded + channels_last", dict(fold_bn=True, channels_last=True, bf16=False)),
+        ("flip batched + BN folded + bf16", dict(fold_bn=True, channels_last=False, bf16=True)),
+        ("flip batched + BN folded + cl + bf16", dict(fold_bn=True, channels_last=True, bf16=True)),
+    ]
+    for name, opts in variants:
+        fast = prepare_for_inference(model, channels_last=opts["channels_last"], fold_bn=opts["fold_bn"])
+        ips, out = timed(lambda im, lab: multiscale_cam(fast, im, lab, bf16=opts["bf16"],
+                                                        channels_last=opts["channels_last"])[0])
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(out, ref_out))
+        print(f"{name:<44} {ips:7.3f} {ips / ref_ips:6.2f} {diff:9.4f}")
+
+
+if __name__ == "__main__":
+    main()

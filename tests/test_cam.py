@@ -1,0 +1,305 @@
+"""CAM seeds: classifier, multi-scale CAM, seed-mask rules, sweep, training/resume, the cam stage and its CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.nn import functional as F
+
+from wsss.cli import main
+from wsss.config import CamConfig
+from wsss.errors import ConfigError, UnsafeFileError
+from wsss.io import read_mask, read_scores
+from wsss.metrics import confusion_matrix
+from wsss.models.classifier import build_classifier
+from wsss.seeds.cam import (cam_seed_mask, fold_batchnorm, multiscale_cam, prepare_for_inference, sweep_confusions,
+                            threshold_range)
+
+torch.set_num_threads(2)
+
+# small, fast training settings for the 64x80 demo fixture
+TINY = ["--backbone", "resnet18", "--epochs", "2", "--batch-size", "6", "--crop-size", "48", "--resize-long", "64,80",
+        "--lr", "0.001", "--optimizer", "adamw", "--scales", "1.0,0.5"]
+
+
+def _tiny_model(num_classes=4, seed=0):
+    torch.manual_seed(seed)
+    model = build_classifier(num_classes=num_classes, backbone="resnet18")
+    # non-trivial BN statistics so that folding BN is really exercised
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    with torch.no_grad():  # class 1 positive everywhere (features are >= 0); the others mixed, so ReLU matters
+        model.classifier.weight[0].abs_()
+    return model.eval()
+
+
+def _direct_cam(model, image, class_ids, scales, flip):
+    """CAM straight from the definition: relu(W_k . features), flipped back, upsampled, summed, max-normalised."""
+    h, w = image.shape[:2]
+    weight = model.classifier.weight[:, :, 0, 0][np.asarray(class_ids) - 1]  # (K', C)
+    x = model.normalise(torch.from_numpy(image).permute(2, 0, 1)[None])
+    total = torch.zeros((len(class_ids), h, w))
+    with torch.no_grad():
+        for s in scales:
+            xs = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", align_corners=False)
+            for flipped in ([False, True] if flip else [False]):
+                feats = model.features(xs.flip(-1) if flipped else xs)[0]  # (C, h', w')
+                cam = torch.relu(torch.einsum("kc,chw->khw", weight, feats))
+                if flipped:
+                    cam = cam.flip(-1)
+                total += F.interpolate(cam[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return (total / total.flatten(1).amax(1).clamp_min(1e-5)[:, None, None]).numpy()
+
+
+# --------------------------------------------------------------------------------------------- classifier
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_classifier_output_stride_16_and_logits_are_gap_of_cam(backbone):
+    torch.manual_seed(0)
+    model = build_classifier(num_classes=5, backbone=backbone).eval()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        feats = model.features(x)
+        assert feats.shape == (2, model.out_channels, 4, 5)
+        cam = model.cam(feats)
+        # bias-free 1x1 classifier: logits are exactly the spatial mean of the (pre-ReLU) CAM
+        torch.testing.assert_close(model(x), cam.mean(dim=(2, 3)), rtol=1e-4, atol=1e-5)
+        # and the CAM is the classifier weights times the features
+        direct = torch.einsum("kc,nchw->nkhw", model.classifier.weight[:, :, 0, 0], feats)
+        torch.testing.assert_close(cam, direct, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.cam(feats, torch.tensor([3, 1])), direct[:, [3, 1]], rtol=1e-4, atol=1e-5)
+    assert model.classifier.bias is None
+
+
+def test_classifier_forward_backward_finite():
+    model = build_classifier(num_classes=3, backbone="resnet18")
+    logits = model(torch.randn(2, 3, 64, 64))
+    loss = F.multilabel_soft_margin_loss(logits, torch.tensor([[1.0, 0, 1], [0, 1, 0]]))
+    loss.backward()
+    assert logits.shape == (2, 3)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_classifier_rejects_unknown_backbone_and_weights():
+    with pytest.raises(ValueError, match="resnet18"):
+        build_classifier(num_classes=3, backbone="vgg16")
+    with pytest.raises(ValueError, match="imagenet"):
+        build_classifier(num_classes=3, backbone="resnet18", weights="coco")
+
+
+# -------------------------------------------------------------------------------------------- inference
+def test_multiscale_cam_equals_direct_computation(rng):
+    model = _tiny_model()
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    for scales, flip in [((1.0,), False), ((1.0, 0.5, 1.5), True)]:
+        expected = _direct_cam(model, image, [1, 3], scales, flip)
+        for fast in (dict(channels_last=False), dict(channels_last=True)):
+            prepared = prepare_for_inference(model, **fast)
+            cams, ids = multiscale_cam(prepared, image, [3, 1], scales=scales, flip=flip, **fast)
+            assert ids.tolist() == [1, 3]
+            assert cams.shape == (2, 48, 64) and cams.dtype == np.float32
+            np.testing.assert_allclose(cams, expected, atol=2e-4)
+            assert cams.max(axis=(1, 2))[0] == pytest.approx(1.0) and cams.min() >= 0
+
+
+def test_bf16_cam_is_close_to_fp32(rng):
+    model = prepare_for_inference(_tiny_model())
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    fp32, _ = multiscale_cam(model, image, [2], scales=(1.0,))
+    bf16, _ = multiscale_cam(model, image, [2], scales=(1.0,), bf16=True)
+    assert np.abs(fp32 - bf16).max() < 0.1
+
+
+def test_fold_batchnorm_keeps_outputs():
+    model = _tiny_model()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # original untouched
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.features(x), model.features(x), rtol=1e-3, atol=1e-4)
+
+
+def test_untagged_classes_are_never_computed(rng):
+    model = prepare_for_inference(_tiny_model())
+    image = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    cams, ids = multiscale_cam(model, image, [4], scales=(1.0,))
+    assert ids.tolist() == [4] and cams.shape == (1, 32, 40)
+    mask = cam_seed_mask(cams, ids, bg_threshold=0.1, fg_threshold=0.5)
+    assert set(np.unique(mask).tolist()) <= {0, 4, 255}
+    empty, ids = multiscale_cam(model, image, [], scales=(1.0,))
+    assert empty.shape == (0, 32, 40) and ids.size == 0
+    assert (cam_seed_mask(empty, ids, bg_threshold=0.1) == 0).all()
+    with pytest.raises(ValueError, match="outside"):
+        multiscale_cam(model, image, [5], scales=(1.0,))
+
+
+# -------------------------------------------------------------------------------------------- seed rules
+def _known_cams():
+    # two classes (ids 2 and 5) over a 1x6 strip
+    a = np.array([[0.90, 0.10, 0.40, 0.05, 0.30, 0.60]], np.float32)
+    b = np.array([[0.20, 0.80, 0.10, 0.10, 0.70, 0.60]], np.float32)
+    return np.stack([a, b]), np.array([2, 5])
+
+
+def test_seed_mask_three_way_rule():
+    cams, ids = _known_cams()
+    mask = cam_seed_mask(cams, ids, bg_threshold=0.15, fg_threshold=0.6)
+    # peaks: 0.9(2) 0.8(5) 0.4(2) 0.1(5) 0.7(5) 0.6(tie -> first class, 2, but not > 0.6)
+    assert mask.tolist() == [[2, 5, 255, 0, 5, 255]]
+    assert mask.dtype == np.uint8
+
+
+def test_seed_mask_dense_rule():
+    cams, ids = _known_cams()
+    assert cam_seed_mask(cams, ids, bg_threshold=0.35).tolist() == [[2, 5, 2, 0, 5, 2]]
+    # a peak exactly at the threshold is background
+    assert cam_seed_mask(cams, ids, bg_threshold=0.4).tolist() == [[2, 5, 0, 0, 5, 2]]
+
+
+def test_seed_mask_errors():
+    cams, ids = _known_cams()
+    with pytest.raises(ValueError, match="below"):
+        cam_seed_mask(cams, ids, bg_threshold=0.5, fg_threshold=0.2)
+    with pytest.raises(ValueError, match="class ids"):
+        cam_seed_mask(cams, ids[:1], bg_threshold=0.5)
+
+
+def test_sweep_confusions_match_masks(rng):
+    cams = rng.random((2, 20, 30)).astype(np.float32)
+    ids = np.array([1, 3])
+    gt = rng.integers(0, 4, (20, 30)).astype(np.uint8)
+    gt[0, :5] = 255
+    thresholds = (0.0, 0.3, 0.75, 1.0)
+    got = sweep_confusions(cams, ids, gt, thresholds, 4)
+    for k, t in enumerate(thresholds):
+        np.testing.assert_array_equal(got[k], confusion_matrix(gt, cam_seed_mask(cams, ids, bg_threshold=t), 4))
+
+
+def test_threshold_range():
+    assert threshold_range("0.1:0.3:0.1") == (0.1, 0.2, 0.3)
+    assert threshold_range("0.05, 0.2") == (0.05, 0.2)
+    for bad in ("0.3:0.1:0.1", "a:b:c", "", "0:1:0"):
+        with pytest.raises(ValueError):
+            threshold_range(bad)
+
+
+# ----------------------------------------------------------------------------------------- training
+def test_train_resume_and_checkpoint_safety(demo_root, tmp_path):
+    from wsss.datasets import open_dataset
+    from wsss.train_classifier import load_classifier, read_checkpoint, train_classifier
+
+    data = open_dataset(demo_root, "train")
+    config = CamConfig(backbone="resnet18", epochs=2, batch_size=4, crop_size=48, resize_long=(64, 80), lr=1e-3,
+                       optimizer="adamw")
+    ckpt = train_classifier(data, tmp_path, config)
+    state = read_checkpoint(ckpt)
+    assert state["complete"] and state["epoch"] == 2 and state["meta"]["num_classes"] == 5
+    rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(np.isfinite(float(r["mean_loss"])) for r in rows)
+    # a complete checkpoint is reused as is
+    mtime = ckpt.stat().st_mtime_ns
+    train_classifier(data, tmp_path, config)
+    assert ckpt.stat().st_mtime_ns == mtime
+    # an interrupted run (after epoch 1) resumes with epoch 2 only
+    state.update(epoch=1, complete=False)
+    torch.save(state, ckpt)
+    log_lines = open(tmp_path / "train_log.csv").readlines()
+    (tmp_path / "train_log.csv").write_text("".join(log_lines[:2]))
+    train_classifier(data, tmp_path, config)
+    assert read_checkpoint(ckpt)["epoch"] == 2 and read_checkpoint(ckpt)["complete"]
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "train_log.csv"))] == ["1", "2"]
+    # class count mismatch and unsafe files are refused with the file named
+    with pytest.raises(ConfigError, match="foreground classes"):
+        load_classifier(ckpt, num_classes=20)
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "meta": {}, "obj": CamConfig()}, evil)
+    with pytest.raises(UnsafeFileError, match="evil.pt"):
+        read_checkpoint(evil)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UnsafeFileError, match="junk.pt"):
+        read_checkpoint(junk)
+
+
+# ----------------------------------------------------------------------------------------------- stage
+def test_cam_stage_cli_resume_checkpoint_and_sweep(demo_root, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    args = ["seeds", "--method", "cam", "--dataset", str(demo_root), "--run", str(run), *TINY]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0, res.output
+    stage = run / "seeds" / "cam"
+    assert (stage / "classifier.pt").exists() and (stage / "train_log.csv").exists()
+    from wsss.datasets import open_dataset
+
+    dataset = open_dataset(demo_root)
+    rows = list(csv.DictReader(open(stage / "manifest.csv")))
+    assert len(rows) == len(dataset.ids) and all(r["status"] == "ok" for r in rows)
+    for image_id in dataset.ids:
+        sample = dataset.load(image_id)
+        scores, ids = read_scores(stage / "scores" / f"{image_id}.npz")
+        assert ids.tolist() == sorted(sample.image_labels)
+        assert scores.shape == (len(ids), 64, 80) and scores.max() <= 1.0 + 1e-3 and scores.min() >= 0
+        mask = read_mask(stage / "masks" / f"{image_id}.png")
+        # absent classes never appear; dense map (no --fg-threshold) has no 255
+        assert set(np.unique(mask).tolist()) <= {0, *sample.image_labels}
+        np.testing.assert_array_equal(mask, cam_seed_mask(scores, ids, bg_threshold=0.15))
+    # re-run: nothing retrained, nothing rewritten
+    mtime = (stage / "classifier.pt").stat().st_mtime_ns
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0 and f"0 written, {len(dataset.ids)} resumed" in res.output
+    assert (stage / "classifier.pt").stat().st_mtime_ns == mtime
+    # --checkpoint: no training in the new run, seeds with an unsure band
+    run2 = tmp_path / "run2"
+    res = runner.invoke(main, ["seeds", "--method", "cam", "--dataset", str(demo_root), "--run", str(run2),
+                               "--checkpoint", str(stage / "classifier.pt"), "--scales", "1.0,0.5",
+                               "--bg-threshold", "0.1", "--fg-threshold", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert not (run2 / "seeds" / "cam" / "classifier.pt").exists()
+    for image_id in dataset.ids[:4]:
+        scores, ids = read_scores(run2 / "seeds" / "cam" / "scores" / f"{image_id}.npz")
+        mask = read_mask(run2 / "seeds" / "cam" / "masks" / f"{image_id}.png")
+        np.testing.assert_array_equal(mask, cam_seed_mask(scores, ids, bg_threshold=0.1, fg_threshold=0.5))
+    # the sweep: one row per threshold, best is the max, and it equals eval of the mask folder at that threshold
+    res = runner.invoke(main, ["eval", str(stage), "--dataset", str(demo_root), "--sweep", "0.05:0.25:0.1",
+                               "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    sweep = json.loads(res.output)
+    assert [r["bg_threshold"] for r in sweep["rows"]] == [0.05, 0.15, 0.25]
+    assert sweep["best"]["miou"] == max(r["miou"] for r in sweep["rows"])
+    plain = json.loads(runner.invoke(main, ["eval", str(stage), "--dataset", str(demo_root), "--json"]).output)
+    assert sweep["rows"][1]["miou"] == pytest.approx(plain["miou"], abs=1e-3)
+    res = runner.invoke(main, ["eval", str(stage), "--dataset", str(demo_root), "--sweep"])
+    assert res.exit_code == 0 and "best: mIoU" in res.output
+
+
+def test_cam_stage_errors(demo_root, tmp_path):
+    runner = CliRunner()
+
+    def base(name):
+        return ["seeds", "--method", "cam", "--dataset", str(demo_root), "--run", str(tmp_path / name)]
+
+    res = runner.invoke(main, [*base("a"), "--bg-threshold", "0.5", "--fg-threshold", "0.2"])
+    assert res.exit_code == 2 and "--fg-threshold" in res.output
+    res = runner.invoke(main, [*base("b"), "--checkpoint", str(tmp_path / "missing.pt")])
+    assert res.exit_code == 2 and "missing.pt" in res.output
+    res = runner.invoke(main, [*base("c"), "--scales", "1.0,-1"])
+    assert res.exit_code == 2 and "--scales" in res.output
+    # sweeping a folder without scores is refused with the fix
+    runner.invoke(main, ["seeds", "--method", "threshold", "--dataset", str(demo_root), "--run", str(tmp_path / "t")])
+    res = runner.invoke(main, ["eval", str(tmp_path / "t" / "seeds" / "threshold"), "--dataset", str(demo_root),
+                               "--sweep"])
+    assert res.exit_code == 2 and "scores" in res.output
+    res = runner.invoke(main, ["eval", str(tmp_path / "t" / "seeds" / "threshold"), "--dataset", str(demo_root),
+                               "--sweep", "0.5:0.1:0.1"])
+    assert res.exit_code == 2 and "--sweep" in res.output

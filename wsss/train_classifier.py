@@ -1,0 +1,246 @@
+"""Training the GAP-CAM classifier on image-level tags (multi-label soft-margin loss), with checkpoint and resume.
+
+Everything lives in one folder (the cam stage folder): ``classifier.pt`` (model + optimizer + epoch; written
+atomically after every epoch, ``complete`` once training ended) and ``train_log.csv`` (one row per epoch). A run
+that is killed resumes from the last finished epoch; a complete checkpoint is reused as is.
+
+Augmentation (torchvision.transforms.v2): random rescale (long side drawn in ``resize_long``), random crop of
+``crop_size`` (zero-padded when smaller), horizontal flip, colour jitter, ImageNet normalisation.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .config import CamConfig, config_to_dict
+from .datasets import Dataset
+from .errors import ConfigError, UnsafeFileError, WsssError
+from .io import write_bytes
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "classifier.pt"
+TRAIN_LOG = "train_log.csv"
+LOG_HEADER = "epoch,iterations,images,mean_loss,lr,images_per_second,epoch_seconds,train_seconds\n"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+class TagDataset(torch.utils.data.Dataset):
+    """(augmented image (3, crop, crop) float, multi-hot tags (K,) float) pairs for classifier training."""
+
+    def __init__(self, dataset: Dataset, ids: list[str], config: CamConfig):
+        from torchvision.transforms import v2
+
+        from .models.classifier import IMAGENET_MEAN, IMAGENET_STD
+
+        if len(config.resize_long) != 2 or config.resize_long[0] > config.resize_long[1]:
+            raise ConfigError(f"resize_long {config.resize_long}: give MIN,MAX pixels with MIN <= MAX")
+        self.dataset, self.ids, self.config = dataset, list(ids), config
+        self.num_classes = dataset.num_classes - 1
+        self.augment = v2.Compose([
+            v2.RandomCrop(config.crop_size, pad_if_needed=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: int):
+        from torchvision.transforms.v2 import functional as TF
+
+        sample = self.dataset.load(self.ids[k], gt=False)
+        image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).contiguous()
+        h, w = image.shape[1:]
+        lo, hi = self.config.resize_long
+        long_side = int(torch.randint(lo, hi + 1, (1,)).item())
+        scale = long_side / max(h, w)
+        image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
+        target = torch.zeros(self.num_classes)
+        for c in sample.image_labels:
+            target[int(c) - 1] = 1.0
+        return self.augment(image), target
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a classifier checkpoint with ``torch.load(weights_only=True)``; unsafe or foreign files are refused."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: classifier checkpoint not found; give the classifier.pt of a cam stage folder")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise UnsafeFileError(f"{path}: not a plain-tensor classifier checkpoint ({exc}); delete it and retrain "
+                              "(remove --checkpoint)") from None
+    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+        raise UnsafeFileError(f"{path}: not a wsss classifier checkpoint (keys model/meta missing); retrain it")
+    return state
+
+
+def load_classifier(path: str | Path, *, num_classes: int | None = None, device: torch.device | str = "cpu"):
+    """The trained :class:`CAMClassifier` from ``path`` in eval mode; ``num_classes`` (foreground) is checked."""
+    from .models.classifier import build_classifier
+
+    state = read_checkpoint(path)
+    meta = state["meta"]
+    if num_classes is not None and meta["num_classes"] != num_classes:
+        raise ConfigError(f"{path}: classifier has {meta['num_classes']} foreground classes but the dataset has "
+                          f"{num_classes}; use a checkpoint trained on this class list or retrain")
+    model = build_classifier(num_classes=meta["num_classes"], backbone=meta["backbone"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def _param_groups(model, config: CamConfig):
+    scale = config.backbone_lr_scale
+    if scale is None:
+        scale = 0.1 if config.weights == "imagenet" else 1.0
+    head = list(model.classifier.parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    return [{"params": body, "lr_scale": scale}, {"params": head, "lr_scale": 1.0}]
+
+
+def _make_optimizer(model, config: CamConfig):
+    groups = _param_groups(model, config)
+    if config.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return opt
+
+
+def poly_lr(base: float, progress: float, power: float = 0.9) -> float:
+    """``base * (1 - progress) ** power`` with progress clipped to [0, 1]."""
+    return base * max(0.0, 1.0 - min(1.0, progress)) ** power
+
+
+def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *, ids: list[str] | None = None,
+                     loader_workers: int = 0) -> Path:
+    """Train (or resume, or reuse) the classifier of ``config`` on ``dataset``'s tags; returns the checkpoint path.
+
+    ``ids`` restricts training to those images (default: every id of ``dataset``). ``loader_workers`` > 0 decodes
+    and augments in that many processes.
+    """
+    from tqdm import tqdm
+
+    from .models.classifier import build_classifier
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT
+    ids = list(dataset.ids if ids is None else ids)
+    if not ids:
+        raise ConfigError(f"{dataset.root}: split {dataset.split!r} has no images to train the classifier on")
+    num_classes = dataset.num_classes - 1
+    if config.epochs < 1 or config.batch_size < 1 or config.crop_size < 8:
+        raise ConfigError(f"epochs {config.epochs}, batch_size {config.batch_size}, crop_size {config.crop_size}: "
+                          "need epochs >= 1, batch_size >= 1, crop_size >= 8")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = build_classifier(num_classes=num_classes, backbone=config.backbone, weights=config.weights)
+    optimizer = _make_optimizer(model, config)
+    start_epoch, train_seconds = 0, 0.0
+    if ckpt_path.exists():
+        state = read_checkpoint(ckpt_path)
+        if state.get("complete"):
+            log.info("%s: training already complete; reusing it", ckpt_path)
+            return ckpt_path
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
+        log.info("%s: resuming after epoch %d", ckpt_path, start_epoch)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data = TagDataset(dataset, ids, config)
+    batch = min(config.batch_size, len(data))
+    steps_per_epoch = len(data) // batch
+    total_steps = steps_per_epoch * config.epochs
+    budget = None if config.max_minutes is None else 60.0 * config.max_minutes
+    meta = {"backbone": config.backbone, "num_classes": num_classes, "classes": list(dataset.classes),
+            "config": config_to_dict(config), "train_ids": len(ids)}
+    log_path = out_dir / TRAIN_LOG
+    if not log_path.exists() or start_epoch == 0:
+        write_bytes(log_path, LOG_HEADER.encode())
+    if budget is not None and budget <= 0:
+        raise ConfigError(f"max_minutes {config.max_minutes}: give a positive training budget")
+    for epoch in range(start_epoch, config.epochs):
+        if budget is not None and train_seconds >= budget:
+            break
+        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, generator=gen,
+                                             num_workers=loader_workers, persistent_workers=False)
+        model.train()
+        t_epoch = time.perf_counter()
+        losses, seen, lr = [], 0, config.lr
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"cam classifier epoch {epoch + 1}/{config.epochs}",
+                   unit="batch", disable=None, dynamic_ncols=True, leave=False)
+        for step, (images, targets) in enumerate(bar):
+            done = epoch * steps_per_epoch + step
+            progress = done / max(1, total_steps)
+            elapsed = train_seconds + time.perf_counter() - t_epoch
+            if budget is not None:
+                progress = max(progress, elapsed / budget)
+                if elapsed >= budget:
+                    break
+            lr = poly_lr(config.lr, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            images = images.to(device, non_blocking=True)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss = F.multilabel_soft_margin_loss(model(images), targets.to(device))
+            if not torch.isfinite(loss):
+                raise WsssError(f"classifier loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            seen += images.shape[0]
+            rate = seen / max(1e-9, time.perf_counter() - t_epoch)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", img_s=f"{rate:.1f}")
+        bar.close()
+        epoch_seconds = time.perf_counter() - t_epoch
+        train_seconds += epoch_seconds
+        finished = epoch + 1 >= config.epochs or (budget is not None and train_seconds >= budget)
+        _atomic_torch_save({"model": {k: v.contiguous() for k, v in model.state_dict().items()},
+                            "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                            "train_seconds": train_seconds, "complete": finished, "meta": meta}, ckpt_path)
+        row = (f"{epoch + 1},{len(losses)},{seen},{np.mean(losses) if losses else math.nan:.5f},{lr:.6f},"
+               f"{seen / max(epoch_seconds, 1e-9):.3f},{epoch_seconds:.2f},{train_seconds:.2f}\n")
+        with open(log_path, "a") as fh:
+            fh.write(row)
+        log.info("epoch %d: loss %.4f, %.1f img/s", epoch + 1, np.mean(losses) if losses else math.nan,
+                 seen / max(epoch_seconds, 1e-9))
+        if finished:
+            break
+    state = read_checkpoint(ckpt_path)
+    if not state.get("complete"):  # the budget was spent before this run started: mark the schedule finished
+        state["complete"] = True
+        _atomic_torch_save(state, ckpt_path)
+    return ckpt_path
