@@ -10,6 +10,8 @@ al. 2015), and a 1x1 head gives one logit per pixel at input size. :meth:`Salien
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,10 +60,14 @@ class SaliencyNet(nn.Module):
         None: random init (default, no download). 'imagenet': torchvision's ImageNet weights for the encoder.
     decoder_channels : tuple of 4 ints
         Output channels of the four decoder blocks (stride 16, 8, 4, 2).
+    fg_prior : float
+        The head's bias starts at the log-odds of this foreground share, so the untrained map already matches the
+        usual share of salient pixels instead of 0.5 (the prior-probability init of Lin et al., ICCV 2017); short
+        trainings are much better calibrated.
     """
 
     def __init__(self, *, backbone: str = "resnet18", weights: str | None = None,
-                 decoder_channels: tuple[int, int, int, int] = (128, 64, 48, 32)):
+                 decoder_channels: tuple[int, int, int, int] = (128, 64, 48, 32), fg_prior: float = 0.2):
         super().__init__()
         net = _encoder(backbone, weights)
         self.backbone_name = backbone
@@ -75,6 +81,9 @@ class SaliencyNet(nn.Module):
             in_ch = out_ch
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(in_ch, 1, kernel_size=1)
+        if not 0.0 < fg_prior < 1.0:
+            raise ValueError(f"fg_prior must lie in (0, 1), got {fg_prior}")
+        nn.init.constant_(self.head.bias, math.log(fg_prior / (1.0 - fg_prior)))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
