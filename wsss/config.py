@@ -270,8 +270,8 @@ class GrabCutConfig:
     overlap: str = option("smaller", "a pixel claimed by several boxes: smaller (the smallest box wins) or "
                                      "confidence (the highest foreground probability wins)", ("smaller", "confidence"))
     min_box_size: int = option(8, "boxes with a side shorter than this (pixels) are filled with their class")
-    margin: float = option(0.5, "GrabCut crop: the box plus this fraction of its size on each side")
-    core_fraction: float = option(0.0, "centred core (fraction of box width/height) marked definite foreground; "
+    margin: float = option(1.0, "GrabCut crop: the box plus this fraction of its size on each side")
+    core_fraction: float = option(0.5, "centred core (fraction of box width/height) marked definite foreground; "
                                        "0 = none")
     hard_weight: float = option(0.5, "foreground probability = w * GrabCut label + (1 - w) * colour-GMM posterior")
     doubt_margin: float = option(0.2, "a box pixel with |p - 0.5| below this is doubtful")
@@ -280,6 +280,7 @@ class GrabCutConfig:
     fallback_core: float = option(0.5, "centred core (fraction of width/height) labelled when GrabCut failed")
     max_side: int = option(200, "run GrabCut on the crop resized to at most this many pixels on its longer side "
                                 "(0: full resolution)")
+    colour_space: str = option("rgb", "colour space of GrabCut's colour models", ("rgb", "lab"))
     seed: int = option(0, "OpenCV RNG seed of GrabCut's k-means initialisation")
 
 
@@ -287,8 +288,9 @@ class GrabCutConfig:
 class CRFConfig:
     """Dense CRF refinement (:func:`wsss.crf.crf_refine`) of any stage folder, over the labels present per image."""
 
-    preset: str = option("psa", "pairwise parameters: psa (bilateral sxy 80, srgb 13, compat 10) or deeplab "
-                                "(sxy 121, srgb 5, compat 4); Gaussian sxy 3, compat 3 in both", ("psa", "deeplab"))
+    preset: str = option("deeplab", "pairwise parameters: deeplab (bilateral sxy 121, srgb 5, compat 4) or psa "
+                                    "(sxy 80, srgb 13, compat 10); Gaussian sxy 3, compat 3 in both",
+                         ("deeplab", "psa"))
     sxy: typing.Optional[float] = option(None, "bilateral kernel position std (pixels); overrides the preset")
     srgb: typing.Optional[float] = option(None, "bilateral kernel colour std; overrides the preset")
     compat: typing.Optional[float] = option(None, "bilateral kernel weight; overrides the preset")
@@ -297,7 +299,10 @@ class CRFConfig:
                                 "scores or masks", ("auto", "scores", "masks"))
     confidence: float = option(0.7, "unary from a hard mask: probability put on the pixel's label")
     keep_ignore: bool = option(False, "pixels that are 255 in the input stay 255 (default: the CRF labels them)")
+    relabel: str = option("all", "pixels that take the CRF's label: all, or ignore (only those 255 in the input; "
+                                 "the others keep their label)", ("all", "ignore"))
     box_prior: bool = option(True, "with boxes: a class only inside its own boxes, background outside every box")
+    per_box: bool = option(True, "with the box prior: one CRF per box crop (smaller boxes written over larger)")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,13 @@ Rules of :func:`crf_refine`
   ``confidence`` on its label and spreads the rest evenly, a 255 pixel is uniform (the CRF decides it).
 * **Box prior** (``box_prior=True`` and every class taking part has a box): a class may only appear inside one of
   its own boxes, and a pixel outside every box is background. The CRF then runs on the crop around the union of the boxes (plus
-  ``box_margin`` pixels of context), everything outside it is background.
+  ``box_margin`` pixels of context), everything outside it is background. With ``per_box`` (default) the CRF runs
+  once per box on the box's crop (plus a tenth of its size, at least ``box_margin`` pixels, of context) over the
+  labels that can occur there, and labels the box; boxes go large to small, so a smaller box's result is written
+  over a larger one's (the seeds' overlap rule). Far-away background then cannot pull an object's pixels to
+  background through the long-range colour kernel.
+* **relabel**: ``all`` gives every pixel the CRF's label; ``ignore`` gives it only to the pixels that are 255 in
+  the input mask (the doubtful band), the others keep their input label.
 * **keep_ignore**: a pixel that is 255 in the input mask stays 255 (``False``: the CRF labels it).
 """
 
@@ -115,8 +121,10 @@ def _box_allowed(shape, boxes: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
 
 def crf_refine(image: np.ndarray, *, mask: np.ndarray | None = None, scores: np.ndarray | None = None,
                class_ids=None, image_labels=(), boxes: np.ndarray | None = None, box_prior: bool = True,
-               box_margin: int = 16, keep_ignore: bool = False, confidence: float = 0.7, iterations: int = 10,
-               preset: str = "psa", sxy: float | None = None, srgb: float | None = None,
+               box_margin: int = 16, per_box: bool = True, keep_ignore: bool = False, relabel: str = "all",
+               confidence: float = 0.7,
+               iterations: int = 10,
+               preset: str = "deeplab", sxy: float | None = None, srgb: float | None = None,
                compat: float | None = None) -> np.ndarray:
     """Refine a seed/pseudo mask with a dense CRF by the rules in the module docstring.
 
@@ -134,6 +142,8 @@ def crf_refine(image: np.ndarray, *, mask: np.ndarray | None = None, scores: np.
     """
     if mask is None and scores is None:
         raise ValueError("crf_refine needs a mask or scores")
+    if relabel not in ("all", "ignore"):
+        raise ValueError(f"relabel must be 'all' or 'ignore', not {relabel!r}")
     h, w = image.shape[:2]
     boxes = np.zeros((0, 5), np.int64) if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 5)
     wanted = {BACKGROUND, *(int(c) for c in image_labels), *(int(c) for c in boxes[:, 0])}
@@ -166,14 +176,28 @@ def crf_refine(image: np.ndarray, *, mask: np.ndarray | None = None, scores: np.
         x0, x1 = max(0, int(boxes[:, 1].min()) - box_margin), min(w, int(boxes[:, 3].max()) + box_margin)
     params = crf_params(preset, sxy=sxy, srgb=srgb, compat=compat)
     out = np.full((h, w), BACKGROUND, np.uint8)
-    q = dense_crf(np.ascontiguousarray(image[y0:y1, x0:x1]), probs[:, y0:y1, x0:x1], iterations=iterations,
-                  **params)
-    out[y0:y1, x0:x1] = labels[np.argmax(q, axis=0)].astype(np.uint8)
+    if box_prior and per_box:  # one CRF per box over its crop; large boxes first, smaller ones written over
+        areas = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])
+        for _, bx0, by0, bx1, by1 in boxes[np.argsort(-areas, kind="stable")]:
+            my, mx = max(box_margin, (by1 - by0) // 10), max(box_margin, (bx1 - bx0) // 10)
+            cy0, cy1, cx0, cx1 = max(0, by0 - my), min(h, by1 + my), max(0, bx0 - mx), min(w, bx1 + mx)
+            sub = probs[:, cy0:cy1, cx0:cx1]
+            present = [k for k in range(len(labels)) if labels[k] == BACKGROUND or sub[k].max() > 0]
+            q = dense_crf(np.ascontiguousarray(image[cy0:cy1, cx0:cx1]), sub[present], iterations=iterations,
+                          **params)
+            crop = labels[present][np.argmax(q, axis=0)].astype(np.uint8)
+            out[by0:by1, bx0:bx1] = crop[by0 - cy0:by1 - cy0, bx0 - cx0:bx1 - cx0]
+    else:
+        q = dense_crf(np.ascontiguousarray(image[y0:y1, x0:x1]), probs[:, y0:y1, x0:x1], iterations=iterations,
+                      **params)
+        out[y0:y1, x0:x1] = labels[np.argmax(q, axis=0)].astype(np.uint8)
     if box_prior:
         inside = np.zeros((h, w), bool)
         for _, bx0, by0, bx1, by1 in boxes:
             inside[by0:by1, bx0:bx1] = True
         out[~inside] = BACKGROUND
+    if relabel == "ignore" and mask is not None:
+        out = np.where(mask == IGNORE, out, mask).astype(np.uint8)
     if keep_ignore and mask is not None:
         out[mask == IGNORE] = IGNORE
     return out

@@ -107,8 +107,9 @@ def _gmm_likelihood(pixels: np.ndarray, model: np.ndarray) -> np.ndarray:
 
 
 def grabcut_box(image: np.ndarray, box, *, known_bg: np.ndarray | None = None,
-                iterations: int = 5, margin: float = 0.5, core_fraction: float = 0.0,
-                hard_weight: float = 0.5, max_side: int | None = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                iterations: int = 5, margin: float = 1.0, core_fraction: float = 0.5,
+                hard_weight: float = 0.5, max_side: int | None = 200, colour_space: str = "rgb",
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """GrabCut for one box, initialised from the box prior (module docstring).
 
     Parameters
@@ -120,6 +121,7 @@ def grabcut_box(image: np.ndarray, box, *, known_bg: np.ndarray | None = None,
     iterations, margin, core_fraction, hard_weight : see the module docstring
     max_side : GrabCut runs on the crop resized so that its longer side is at most this many pixels (None or 0:
         full resolution); the probabilities are resized back (a CRF recovers the fine boundary)
+    colour_space : ``rgb`` or ``lab``: the colour space of GrabCut's colour models
     seed : OpenCV's RNG seed (GrabCut's k-means initialisation), for repeatable results
 
     Returns
@@ -133,6 +135,10 @@ def grabcut_box(image: np.ndarray, box, *, known_bg: np.ndarray | None = None,
     mx, my = int(round(margin * bw)) + 2, int(round(margin * bh)) + 2
     cx0, cy0, cx1, cy1 = max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)
     crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
+    if colour_space == "lab":
+        crop = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB)
+    elif colour_space != "rgb":
+        raise ValueError(f"colour_space must be rgb or lab, not {colour_space!r}")
     if known_bg is None:
         gc = np.full(crop.shape[:2], cv2.GC_BGD, np.uint8)
     else:  # outside this box: definite background unless another box covers it
@@ -174,9 +180,10 @@ def grabcut_box(image: np.ndarray, box, *, known_bg: np.ndarray | None = None,
 
 
 def grabcut_seeds(image: np.ndarray, boxes, *, iterations: int = 5, uncertain: str = "ignore",
-                  overlap: str = "smaller", min_box_size: int = 8, margin: float = 0.5, core_fraction: float = 0.0,
+                  overlap: str = "smaller", min_box_size: int = 8, margin: float = 1.0, core_fraction: float = 0.5,
                   hard_weight: float = 0.5, doubt_margin: float = 0.2, min_fill: float = 0.1,
-                  fallback_core: float = 0.5, max_side: int | None = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  fallback_core: float = 0.5, max_side: int | None = 200, colour_space: str = "rgb",
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GrabCut seeds from boxes by the rules in the module docstring.
 
     Parameters
@@ -222,7 +229,8 @@ def grabcut_seeds(image: np.ndarray, boxes, *, iterations: int = 5, uncertain: s
         else:
             hard, prob = grabcut_box(image, (cls, x0, y0, x1, y1), known_bg=known_bg,
                                      iterations=iterations, margin=margin, core_fraction=core_fraction,
-                                     hard_weight=hard_weight, max_side=max_side, seed=seed)
+                                     hard_weight=hard_weight, max_side=max_side, colour_space=colour_space,
+                                     seed=seed)
             if hard.mean() < min_fill:  # GrabCut lost the object: fall back to the box's centred core
                 kx, ky = int(round(bw * (1 - fallback_core) / 2)), int(round(bh * (1 - fallback_core) / 2))
                 core = np.zeros((bh, bw), bool)

@@ -48,7 +48,8 @@ class CRFJob:
         c = self.config
         out = crf_refine(sample.image, mask=mask, scores=scores, class_ids=class_ids,
                          image_labels=sample.image_labels, boxes=sample.boxes, box_prior=c.box_prior,
-                         keep_ignore=c.keep_ignore, confidence=c.confidence, iterations=c.crf_iterations,
+                         per_box=c.per_box, keep_ignore=c.keep_ignore, relabel=c.relabel,
+                         confidence=c.confidence, iterations=c.crf_iterations,
                          preset=c.preset, sxy=c.sxy, srgb=c.srgb, compat=c.compat)
         return ImageResult(out)
 
