@@ -350,7 +350,7 @@ def demo(run_dir, images, workers, overwrite):
 @click.option("--set", "overrides", multiple=True, metavar="STEP.KEY=VALUE",
               help="override a step's config key (or its split / workers); repeatable")
 @click.option("--workers", default=None, type=click.IntRange(1, 256),
-              help="processes over images for every step [default: the recipe's]")
+              help="processes over images for the steps without their own 'workers' [default: the recipe's]")
 @click.option("--overwrite/--no-overwrite", default=False, help="redo every stage from scratch")
 @click.option("--redo", multiple=True, metavar="STEP",
               help="redo this step from scratch (and the steps reading it); repeatable")

@@ -37,6 +37,14 @@ class StepResult:
     failed: list
     quality: dict | None
     seconds: float
+    split: str | None = None
+    inputs: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``folder`` with what it reads and a split other than the run's, e.g. ``refined/crf (grabcut)``."""
+        notes = list(self.inputs) + ([self.split] if self.split else [])
+        return self.folder + (f" ({', '.join(notes)})" if notes else "")
 
     @property
     def status(self) -> str:
@@ -126,24 +134,27 @@ def run_recipe(recipe: Recipe, dataset_path: str | Path, run_dir: str | Path | N
         split = rs.step.split or recipe.split
         dataset = dataset_for(split)
         upstream = {role: run_dir / next(s.folder for s in steps if s.name == ref) for role, ref in rs.inputs.items()}
-        n_workers = workers or rs.step.workers or recipe.workers or 1
+        n_workers = rs.step.workers or workers or recipe.workers or 1  # a step's own setting wins
         changed = [ref for ref in rs.inputs.values() if written.get(ref)]
         stage_dir = run_dir / rs.folder
+        echo(f"[{index + 1}/{len(steps)}] {rs.name}: {rs.step.stage} {rs.step.method} -> {run_dir / rs.folder}"
+             + (f" (reads {', '.join(f'{k}={v}' for k, v in rs.inputs.items())})" if rs.inputs else ""))
         if (overwrite or changed or rs.name in redo) and stage_dir.exists():
             # the runner keeps finished images of a folder with the same config; an input rewritten in this run
             # (or --overwrite) makes them stale, so the pipeline clears the folder it owns
             echo(f"    redoing {rs.folder}: " + (f"its input {', '.join(changed)} was rewritten in this run"
                                                  if changed else "--redo" if rs.name in redo else "--overwrite"))
             shutil.rmtree(stage_dir)
-        echo(f"[{index + 1}/{len(steps)}] {rs.name}: {rs.step.stage} {rs.step.method} -> {run_dir / rs.folder}"
-             + (f" (reads {', '.join(f'{k}={v}' for k, v in rs.inputs.items())})" if rs.inputs else ""))
         t0 = time.perf_counter()
         stage_dir, done, resumed, failed, quality = _run_step(rs, dataset, run_dir, upstream, workers=n_workers,
                                                               overwrite=overwrite or rs.name in redo,
                                                               overlays=overlays,
                                                               open_split=dataset_for)
         result = StepResult(rs.name, rs.folder, stage_dir, done, resumed, failed, quality,
-                            time.perf_counter() - t0)
+                            time.perf_counter() - t0,
+                            split=(rs.step.val_split if quality else None) if rs.step.stage == "train"
+                            else split if split != recipe.split else None,
+                            inputs=tuple(rs.inputs.values()))
         results.append(result)
         written[rs.name] = result.done
         record = info["steps"][index]
