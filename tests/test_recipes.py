@@ -151,7 +151,7 @@ def test_chain_runs_resumes_and_records(demo_root, tmp_path, fill_stage):
 
     # a changed config is refused, --overwrite redoes
     changed = apply_overrides(parse_recipe(CHAIN), ["thr.blur_sigma=3"])
-    with pytest.raises(StageError, match="another config"):
+    with pytest.raises(StageError, match="step 'thr': .*another config.*--redo thr redoes this step"):
         run_recipe(changed, demo_root, run_dir, echo=lambda _: None)
     redone = run_recipe(changed, demo_root, run_dir, overwrite=True, echo=lambda _: None)
     assert [r.done for r in redone] == [12, 12]

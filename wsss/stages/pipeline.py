@@ -146,10 +146,15 @@ def run_recipe(recipe: Recipe, dataset_path: str | Path, run_dir: str | Path | N
                                                  if changed else "--redo" if rs.name in redo else "--overwrite"))
             shutil.rmtree(stage_dir)
         t0 = time.perf_counter()
-        stage_dir, done, resumed, failed, quality = _run_step(rs, dataset, run_dir, upstream, workers=n_workers,
-                                                              overwrite=overwrite or rs.name in redo,
-                                                              overlays=overlays,
-                                                              open_split=dataset_for)
+        try:
+            stage_dir, done, resumed, failed, quality = _run_step(rs, dataset, run_dir, upstream, workers=n_workers,
+                                                                  overwrite=overwrite or rs.name in redo,
+                                                                  overlays=overlays, open_split=dataset_for)
+        except StageError as exc:
+            if "made with another config" not in str(exc):
+                raise
+            raise StageError(f"step {rs.name!r}: {exc} (with wsss run: --redo {rs.name} redoes this step and the "
+                             "steps reading it)") from None
         result = StepResult(rs.name, rs.folder, stage_dir, done, resumed, failed, quality,
                             time.perf_counter() - t0,
                             split=(rs.step.val_split if quality else None) if rs.step.stage == "train"
