@@ -27,6 +27,7 @@ def run_demo(run_dir: Path, *, images: int = 60, workers: int = 2, overwrite: bo
     if summary.failed:
         raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
     rows.append(("seeds/threshold", summary.quality))
+    rows += _demo_cam(dataset, run_dir, workers=workers, overwrite=overwrite, echo=echo)
     from ..config import BoxConfig, CRFConfig, GrabCutConfig
     from .refine import REFINERS
 
@@ -79,3 +80,24 @@ def _demo_saliency_guide(dataset, run_dir: Path, *, workers: int, overwrite: boo
             raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
         rows.append((f"labels/{guide} ({seeds.name} seeds)", summary.quality))
     return rows
+
+
+def demo_cam_config():
+    """The demo's CAM settings (a tiny classifier, a short training; the tests check its quality bar)."""
+    from ..config import CamConfig
+
+    return CamConfig(backbone="resnet18", epochs=8, batch_size=8, crop_size=96, resize_long=(120, 200), lr=1e-3,
+                     optimizer="adamw", max_minutes=3.0, scales=(1.0, 1.5, 2.0), bg_threshold=0.3)
+
+
+def _demo_cam(dataset, run_dir: Path, *, workers: int, overwrite: bool,
+              echo: Callable[[str], None]) -> list[tuple[str, dict | None]]:
+    """CAM seeds: a ResNet-18 GAP classifier trained on the tags (crop 96, 8 epochs, at most 3 minutes), then
+    multi-scale CAMs (1.0, 1.5, 2.0 + flip) as a dense label map; about a minute on 2 idle cores."""
+    config = demo_cam_config()
+    echo("seeds/cam: training a ResNet-18 GAP classifier on the tags (crop 96, 8 epochs, <= 3 minutes)")
+    summary = run_method_stage("seeds", "cam", SEED_METHODS["cam"], config, dataset, run_dir, workers=1,
+                               overwrite=overwrite, overlays=8)
+    if summary.failed:
+        raise StageError(f"{summary.stage_dir}: {len(summary.failed)} demo images failed: {summary.failed[:3]}")
+    return [("seeds/cam", summary.quality)]
