@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--top-k", default="1,3,5")
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scales", default="1.0", help="prediction scales, as --predict-scales of the boxes guide")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = open_dataset(args.dataset, args.split)
@@ -51,7 +52,7 @@ def main() -> None:
     for image_id in ids:
         sample = ds.load(image_id)
         cands = read_candidates(folder.path / "candidates" / f"{image_id}.npz")
-        probs = segment(model, sample.image)
+        probs = segment(model, sample.image, scales=[float(v) for v in args.scales.split(",")])
         cms[("network",)] += confusion_matrix(sample.gt, probs.argmax(0).astype(np.uint8), k_classes)
         if not len(sample.boxes):
             continue
