@@ -239,3 +239,22 @@ def test_samples_cover_stages_over_other_splits(run_dir, tmp_path):
     for row, image_id in zip(rows[: len(val.ids)], val.ids):  # val images (in every stage) come first
         assert f'alt="{image_id}"' in row and "not in this stage" not in row
     assert all("not in this stage&#x27;s images" in row for row in rows[len(val.ids):])
+
+
+def test_heatmap_cells_hold_each_stage_and_class_iou():
+    from wsss.labels import palette_for
+    from wsss.report import ReportStage, per_class_iou_heatmap
+
+    def stage(name, ious):
+        per_class = {c: {"iou": v} for c, v in ious.items()}
+        return ReportStage(name, f"seeds/{name}", Path("."), {"quality": {"miou": 50.0, "per_class": per_class}},
+                           True)
+
+    stages = [stage("a", {"background": 90.0, "cat": 12.5}), stage("b", {"background": 80.0}),
+              stage("c", {"background": 70.0, "cat": 99.0, "dog": 3.0})]
+    svg = per_class_iou_heatmap(stages, ("background", "cat", "dog"), palette_for(256))
+    titles = re.findall(r"<title>([^<]*)</title>", svg)
+    assert titles == ["a · background: IoU 90.0", "a · cat: IoU 12.5", "b · background: IoU 80.0",
+                      "c · background: IoU 70.0", "c · cat: IoU 99.0", "c · dog: IoU 3.0"]
+    assert svg.count('class="na"') == 3  # a/dog, b/cat, b/dog have no IoU
+    assert svg.count(">50.0</text>") == 3  # the mIoU column

@@ -53,6 +53,7 @@ class ReportStage:
     path: Path
     info: dict
     has_masks: bool
+    wall_seconds: float | None = None  # the step's wall time in the recipe run (training included)
 
     @property
     def quality(self) -> dict | None:
@@ -66,12 +67,15 @@ def find_stages(run_dir: Path) -> list[ReportStage]:
 
     run_dir = Path(run_dir)
     named: dict[str, str] = {}
+    walls: dict[str, float] = {}
     order: list[str] = []
     run_info = run_dir / "run.json"
     if run_info.exists():
         for step in read_json(run_info).get("steps", []):
             named[step["folder"]] = step["name"]
             order.append(step["folder"])
+            if step.get("seconds") is not None and step.get("status") == "ran":
+                walls[step["folder"]] = step["seconds"]
     found = sorted(
         (p.parent for p in run_dir.glob("*/*/stage.json")),
         key=lambda p: (STAGE_ORDER.index(p.parent.name) if p.parent.name in STAGE_ORDER else len(STAGE_ORDER),
@@ -88,7 +92,7 @@ def find_stages(run_dir: Path) -> list[ReportStage]:
             continue
         info = read_json(path / "stage.json")
         has_masks = (path / "manifest.csv").exists() and (path / "masks").is_dir()
-        stages.append(ReportStage(named.get(rel, rel), rel, path, info, has_masks))
+        stages.append(ReportStage(named.get(rel, rel), rel, path, info, has_masks, walls.get(rel)))
     return stages
 
 
@@ -173,6 +177,71 @@ def _save_tile(path: Path, array: np.ndarray, scale: int) -> None:
         write_jpeg(path, array, quality=88)
 
 
+def _heat_colour(value: float) -> str:
+    """IoU 0..100 -> a light-to-dark blue-green scale (perceptually ordered, readable in print)."""
+    stops = [(0, (247, 251, 255)), (25, (198, 219, 239)), (50, (107, 174, 214)), (75, (33, 113, 181)),
+             (100, (8, 48, 107))]
+    value = min(100.0, max(0.0, value))
+    for (v0, c0), (v1, c1) in zip(stops, stops[1:]):
+        if value <= v1:
+            t = (value - v0) / (v1 - v0)
+            r, g, b = (round(a + (b_ - a) * t) for a, b_ in zip(c0, c1))
+            return f"rgb({r},{g},{b})"
+    return "rgb(8,48,107)"
+
+
+def per_class_iou_heatmap(stages: list[ReportStage], classes, palette, width: int = 1100) -> str:
+    """An inline SVG heat map: one row per stage, one column per class, the IoU written in each cell."""
+    series = [(st, (st.quality or {}).get("per_class") or {}) for st in stages]
+    series = [(st, pc) for st, pc in series if pc]
+    if not series:
+        return '<p class="muted">No stage has a quality table (the dataset has no GT masks).</p>'
+    names = [c for c in classes if any(c in pc for _, pc in series)]
+    names += sorted({c for _, pc in series for c in pc} - set(names))
+    label_w, top, row_h, mean_w = 150, 92, 28, 66
+    cell_w = max(34.0, min(96.0, (width - label_w - mean_w - 10) / max(1, len(names))))
+    width = int(label_w + cell_w * len(names) + mean_w + 10)
+    height = top + row_h * len(series) + 8
+    out = [f'<svg class="chart heat" xmlns="http://www.w3.org/2000/svg" width="100%" style="max-width:{width}px" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="per-class IoU per stage (heat map)">']
+    name_to_id = {c: k for k, c in enumerate(classes)}
+    for col, cls in enumerate(names):  # column heads: class swatch + name, rotated
+        x = label_w + col * cell_w + cell_w / 2
+        k = name_to_id.get(cls)
+        if k is not None:
+            r, g, b = (int(v) for v in palette[k])
+            out.append(f'<rect x="{x - 5:.1f}" y="{top - 16}" width="10" height="10" rx="2" fill="rgb({r},{g},{b})" '
+                       f'stroke="#0003"/>')
+        out.append(f'<text x="{x:.1f}" y="{top - 22}" class="colhead" transform="rotate(-40 {x:.1f} {top - 22})">'
+                   f'{_esc(cls)}</text>')
+    out.append(f'<text x="{label_w + cell_w * len(names) + mean_w / 2 + 4:.1f}" y="{top - 8}" class="meanhead">'
+               f'mIoU</text>')
+    for row, (st, pc) in enumerate(series):
+        y = top + row * row_h
+        out.append(f'<text x="{label_w - 8}" y="{y + row_h / 2 + 4:.1f}" class="rowhead">{_esc(st.name)}</text>')
+        for col, cls in enumerate(names):
+            x = label_w + col * cell_w
+            value = (pc.get(cls) or {}).get("iou")
+            if value is None:
+                out.append(f'<rect x="{x:.1f}" y="{y}" width="{cell_w - 2:.1f}" height="{row_h - 2}" class="na"/>')
+                continue
+            ink = "#fff" if value >= 55 else "#1d2733"
+            out.append(f'<rect x="{x:.1f}" y="{y}" width="{cell_w - 2:.1f}" height="{row_h - 2}" rx="3" '
+                       f'fill="{_heat_colour(value)}"><title>{_esc(st.name)} · {_esc(cls)}: IoU {value:.1f}</title>'
+                       f'</rect>')
+            out.append(f'<text x="{x + cell_w / 2 - 1:.1f}" y="{y + row_h / 2 + 3.5:.1f}" class="cell" '
+                       f'style="fill:{ink}">{value:.0f}</text>')
+        miou = (st.quality or {}).get("miou")
+        if miou is not None:
+            x = label_w + cell_w * len(names) + 6
+            out.append(f'<rect x="{x:.1f}" y="{y}" width="{mean_w - 4}" height="{row_h - 2}" rx="3" '
+                       f'fill="{_heat_colour(miou)}" stroke="#1d2733" stroke-width="1"/>')
+            out.append(f'<text x="{x + (mean_w - 4) / 2:.1f}" y="{y + row_h / 2 + 3.5:.1f}" class="cell mean" '
+                       f'style="fill:{"#fff" if miou >= 55 else "#1d2733"}">{miou:.1f}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 def per_class_iou_svg(stages: list[ReportStage], classes, palette, width: int = 920) -> str:
     """An inline SVG grouped bar chart: one row per class, one bar per stage (headline IoU, percent)."""
     series = [(st, (st.quality or {}).get("per_class") or {}) for st in stages]
@@ -220,7 +289,10 @@ def per_class_iou_svg(stages: list[ReportStage], classes, palette, width: int = 
 
 
 def _stage_seconds(st: ReportStage) -> float | None:
-    """Wall time of a stage: the image runner's timing, or a training stage's total wall time."""
+    """Wall time of a stage: the recipe run's time of the step (training included) when it ran there, else the
+    image runner's timing, or a training stage's total wall time."""
+    if st.wall_seconds is not None:
+        return st.wall_seconds
     seconds = (st.info.get("timings") or {}).get("seconds")
     if seconds is None:
         seconds = st.info.get("wall_seconds_total")
@@ -367,7 +439,8 @@ def _sample_grid(run_dir: Path, out_dir: Path, stages: list[ReportStage], datase
             cells.append(f'<td><img src="{out_dir.name}/{name}" alt="{_esc(s.name)} {_esc(image_id)}">'
                          f'<div class="cap">{_esc(cap)}</div></td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    grid = ('<div class="gridwrap"><table class="grid"><thead><tr>' + "".join(head) + "</tr></thead><tbody>\n"
+    many = " many" if len(head) > 6 else ""
+    grid = (f'<div class="gridwrap"><table class="grid{many}"><thead><tr>' + "".join(head) + "</tr></thead><tbody>\n"
             + "\n".join(rows) + "\n</tbody></table></div>")
     return grid, present
 
@@ -411,6 +484,12 @@ svg.chart text.cls { font-size:12px; dominant-baseline:middle; }
 svg.chart text.val { fill:#555; font-size:10px; }
 svg.chart text.na { fill:#aaa; font-size:10px; }
 svg.chart line.grid { stroke:#e6e9ed; }
+svg.heat text.colhead { font-size:12px; fill:#333; }
+svg.heat text.rowhead { font-size:12.5px; text-anchor:end; fill:#1d2733; }
+svg.heat text.meanhead { font-size:12px; font-weight:600; text-anchor:middle; fill:#333; }
+svg.heat text.cell { font-size:11.5px; text-anchor:middle; font-variant-numeric:tabular-nums; }
+svg.heat text.cell.mean { font-weight:700; }
+svg.heat rect.na { fill:#f1f3f5; }
 .series-legend { margin-bottom:6px; }
 .series, .swatch { display:inline-flex; align-items:center; margin:2px 14px 2px 0; font-size:12.5px; }
 .series i, .swatch i { display:inline-block; width:14px; height:14px; border-radius:3px; margin-right:6px;
@@ -424,6 +503,8 @@ table.grid th { font-size:12px; color:var(--muted); font-weight:600; text-align:
 table.grid td { vertical-align:top; text-align:center; }
 table.grid img { display:block; width:200px; height:auto; border-radius:6px; border:1px solid var(--line);
                  image-rendering:auto; }
+table.grid.many img { width:160px; }
+table.grid.many td.missing { width:160px; }
 table.grid td.missing { width:200px; height:150px; vertical-align:middle; color:var(--muted); background:#fafafa; border:1px dashed var(--line);
                         border-radius:6px; font-size:12px; }
 .cap { font-size:11.5px; color:var(--muted); margin-top:2px; }
@@ -512,7 +593,11 @@ def write_report(run_dir: str | Path, *, samples: int = 8, title: str | None = N
 <p class="muted">Scores against the dataset's GT masks, confusion summed over all images of the stage, in percent.
 mIoU counts an unsure pixel (255) as a miss; labelled mIoU leaves unsure pixels out and is read together with
 coverage (share of pixels labelled).</p></section>
-<section id="per-class"><h2>Per-class IoU</h2>{per_class_iou_svg(stages, classes, palette)}</section>
+<section id="per-class"><h2>Per-class IoU</h2>
+<p class="muted">Headline IoU (%) of every class for every stage that has a quality table; darker is better, a grey
+cell is a class the stage's images do not contain.</p>
+{per_class_iou_heatmap(stages, classes, palette) if len(stages) > 4 else per_class_iou_svg(stages, classes, palette)}
+</section>
 <section id="samples"><h2>Sample images</h2>
 <p class="muted">{len(ids)} images spread over the run; masks drawn over the image (background left clear);
 the caption is the image's own mIoU against GT.</p>
