@@ -244,3 +244,30 @@ def test_a_bare_name_finds_a_shipped_recipe(tmp_path, monkeypatch):
     assert recipes.find_recipe("voc_boxes.yaml") == pipelines_dir() / "voc_boxes.yaml"
     with pytest.raises(ConfigError, match="recipe file not found; shipped recipes: camvid_segnet, demo"):
         recipes.find_recipe("nope")
+
+
+def test_demo_command_runs_the_demo_recipe_and_writes_the_report(tmp_path, monkeypatch):
+    """`wsss demo` = generated data + pipelines/demo.yaml + report (here a small stand-in recipe named demo, so
+    the test stays fast; the shipped demo recipe is checked by test_demo_recipe_runs_everything_it_names)."""
+    import yaml
+
+    shipped = tmp_path / "pipelines"
+    shipped.mkdir()
+    (shipped / "demo.yaml").write_text(yaml.safe_dump({
+        "name": "demo", "split": "trainval",
+        "steps": [{"name": "threshold", "stage": "seeds", "method": "threshold"},
+                  {"name": "box", "stage": "seeds", "method": "box"},
+                  {"name": "crf", "stage": "refine", "method": "crf", "input": "box"}]}))
+    monkeypatch.setattr(recipes, "pipelines_dir", lambda: shipped)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["demo", "--images", "6", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    table = result.output[result.output.index("\nstage ") + 1:].splitlines()
+    assert [line.split()[0] for line in table[1:4]] == ["seeds/threshold", "seeds/box", "refined/crf"]
+    assert table[3].startswith("refined/crf (box)")
+    assert table[-1] == "report: runs/demo/report.html"
+    assert (tmp_path / "runs/demo/report.html").exists() and (tmp_path / "runs/demo/data/JPEGImages").is_dir()
+    box_miou = read_json(tmp_path / "runs/demo/seeds/box/stage.json")["quality"]["miou"]
+    assert f"{box_miou:6.2f}" in table[2]
+    again = CliRunner().invoke(main, ["demo", "--images", "6", "--workers", "1"])
+    assert again.exit_code == 0 and again.output.count("resumed: 0 written, 6 resumed") == 3

@@ -330,14 +330,17 @@ def make_demo_data_cmd(directory, images, size, seed):
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--overwrite/--no-overwrite", default=False, help="redo every stage")
 def demo(run_dir, images, workers, overwrite):
-    """Generate the demo dataset and run every stage end to end, then print the quality table."""
-    from .stages.demo import run_demo
+    """Generate the demo dataset, run the demo recipe (pipelines/demo.yaml: every stage) on it, print the quality
+    table and write RUN/report.html. Re-running resumes what is finished."""
+    from .stages.pipeline import run_demo_recipe
 
-    rows = run_demo(Path(run_dir), images=images, workers=workers, overwrite=overwrite, echo=click.echo)
+    results, report = run_demo_recipe(Path(run_dir), images=images, workers=workers, overwrite=overwrite,
+                                      echo=click.echo)
     click.echo("")
     click.echo(QUALITY_HEADER)
-    for name, quality in rows:
-        click.echo(quality_row(name, quality))
+    for result in results:
+        click.echo(quality_row(result.label, result.quality))
+    click.echo(f"report: {report}")
 
 
 # ------------------------------------------------------------------------------------------- recipes
