@@ -85,6 +85,23 @@ def make_optimizer(model: nn.Module, *, lr: float, head_lr_mult: float, momentum
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor, *,
+               device: torch.device, channels_last: bool = False, bf16: bool = False) -> torch.Tensor:
+    """One SGD step on a batch: forward (bf16 autocast optional, channels_last input optional), cross-entropy with
+    ``ignore_index=255`` on float32 logits, backward, optimizer step. Returns the loss."""
+    images = images.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = net(images)
+    loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 # ---------------------------------------------------------------------------------------- distributed
 def dist_env() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` outside torchrun)."""
@@ -302,19 +319,10 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
     stream = iter(loader)
     while iteration < end:
         images, masks = next(stream)
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         factor = (1.0 - iteration / iterations) ** poly_power
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"] * factor
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = net(images)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(net, optimizer, images, masks, device=device, channels_last=channels_last, bf16=bf16)
         iteration += 1
         done_images += images.shape[0] * world
         losses.append(float(loss.detach()))
