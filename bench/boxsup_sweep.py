@@ -6,6 +6,7 @@ network's own arg-max on the same images for reference.
 
     nice -n 10 python bench/boxsup_sweep.py --dataset DATA --split train --candidates RUN/candidates/selective \
         --checkpoint RUN/train/boxsup_r1/checkpoint.pt --lambdas 0,0.5,1,2 --top-k 1,3,5
+    nice -n 10 python bench/boxsup_sweep.py ... --oracle 0.3     (GT-derived probabilities: the update's ceiling)
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ import argparse
 import time
 
 import numpy as np
+
+
+def oracle_probs(gt: np.ndarray, num_classes: int, eps: float) -> np.ndarray:
+    """(K, H, W) probabilities of a 'network' that knows the GT: 1 - eps on the GT class, the rest spread evenly."""
+    probs = np.full((num_classes, *gt.shape), eps / (num_classes - 1), np.float32)
+    valid = gt != 255
+    probs[gt[valid].astype(np.int64), np.nonzero(valid)[0], np.nonzero(valid)[1]] = 1 - eps
+    probs[:, ~valid] = 1.0 / num_classes
+    return probs
 
 
 def main() -> None:
@@ -31,7 +41,10 @@ def main() -> None:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--split", default="train")
     ap.add_argument("--candidates", required=True)
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", default=None, help="a wsss train checkpoint (or give --oracle)")
+    ap.add_argument("--oracle", type=float, default=None, metavar="EPS",
+                    help="diagnostic upper bound: instead of a network, probabilities from the GT mask (1 - EPS on "
+                         "the GT class, EPS spread over the others; GT 255 pixels uniform)")
     ap.add_argument("--lambdas", default="0,0.5,1,2")
     ap.add_argument("--top-k", default="1,3,5")
     ap.add_argument("--limit", type=int, default=0)
@@ -41,7 +54,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ds = open_dataset(args.dataset, args.split)
     folder = StageFolder.open(args.candidates)
-    model, _ = load_trained_model(args.checkpoint, "cpu")
+    if (args.checkpoint is None) == (args.oracle is None):
+        ap.error("give --checkpoint or --oracle")
+    model = load_trained_model(args.checkpoint, "cpu")[0] if args.checkpoint else None
     lambdas = [float(v) for v in args.lambdas.split(",")]
     ks = [int(v) for v in args.top_k.split(",")]
     k_classes = ds.num_classes
@@ -50,9 +65,12 @@ def main() -> None:
     ids = ds.ids[:args.limit] if args.limit else ds.ids
     t0 = time.perf_counter()
     for image_id in ids:
-        sample = ds.load(image_id)
+        sample = ds.load(image_id, image=model is not None)
         cands = read_candidates(folder.path / "candidates" / f"{image_id}.npz")
-        probs = segment(model, sample.image, scales=[float(v) for v in args.scales.split(",")])
+        if model is not None:
+            probs = segment(model, sample.image, scales=[float(v) for v in args.scales.split(",")])
+        else:
+            probs = oracle_probs(sample.gt, k_classes, args.oracle)
         cms[("network",)] += confusion_matrix(sample.gt, probs.argmax(0).astype(np.uint8), k_classes)
         if not len(sample.boxes):
             continue

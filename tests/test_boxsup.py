@@ -120,7 +120,7 @@ def test_unclipped_cost_counts_candidate_pixels_outside_the_box():
     probs = _one_hot_probs(np.where(inside, 2, 0).astype(np.uint8), 3)
     clipped = candidate_costs(cands, box, probs, lam=1.0)
     unclipped = candidate_costs(cands, box, probs, lam=1.0, clip_to_box=False)
-    assert clipped[1] == pytest.approx(0.5, abs=0.01)            # clipped: same CE as `inside`, only the box term differs
+    assert clipped[1] == pytest.approx(0.5, abs=0.01)    # clipped: same CE as `inside`, only the box term differs
     assert unclipped[1] > clipped[1] + 1.0               # the 100 spilled pixels say background: large CE
 
 

@@ -249,36 +249,25 @@ def hierarchical_grouping(features: dict[str, np.ndarray], pairs: np.ndarray, im
     alive[:n] = True
     use = set(similarities)
 
-    def similarity(i: int, js: np.ndarray) -> np.ndarray:
-        s = np.zeros(len(js))
+    def similarity(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Similarities of the region pairs (i[k], j[k]) (index arrays of equal length, or i a scalar)."""
+        s = np.zeros(len(j))
         if "colour" in use:
-            s += np.minimum(colour[i][None], colour[js]).sum(1)
+            s += np.minimum(colour[i], colour[j]).sum(-1)
         if "texture" in use:
-            s += np.minimum(texture[i][None], texture[js]).sum(1)
-        if "size" in use:
-            s += 1.0 - (size[i] + size[js]) / image_size
-        if "fill" in use:
-            bw = np.maximum(box[i, 2], box[js, 2]) - np.minimum(box[i, 0], box[js, 0])
-            bh = np.maximum(box[i, 3], box[js, 3]) - np.minimum(box[i, 1], box[js, 1])
-            s += 1.0 - (bw * bh - size[i] - size[js]) / image_size
-        return s
-
-    heap: list[tuple[float, int, int]] = []
-    if len(pairs):
-        # every leaf pair at once: one vectorised similarity per term
-        i, j = pairs[:, 0], pairs[:, 1]
-        s = np.zeros(len(pairs))
-        if "colour" in use:
-            s += np.minimum(colour[i], colour[j]).sum(1)
-        if "texture" in use:
-            s += np.minimum(texture[i], texture[j]).sum(1)
+            s += np.minimum(texture[i], texture[j]).sum(-1)
         if "size" in use:
             s += 1.0 - (size[i] + size[j]) / image_size
         if "fill" in use:
             bw = np.maximum(box[i, 2], box[j, 2]) - np.minimum(box[i, 0], box[j, 0])
             bh = np.maximum(box[i, 3], box[j, 3]) - np.minimum(box[i, 1], box[j, 1])
             s += 1.0 - (bw * bh - size[i] - size[j]) / image_size
-        heap = [(-float(v), int(a), int(b)) for v, a, b in zip(s, i, j)]
+        return s
+
+    heap: list[tuple[float, int, int]] = []
+    if len(pairs):  # every leaf pair at once
+        heap = [(-v, a, b) for v, a, b in zip(similarity(pairs[:, 0], pairs[:, 1]).tolist(), pairs[:, 0].tolist(),
+                                              pairs[:, 1].tolist())]
         heapq.heapify(heap)
     merges = []
     nxt = n

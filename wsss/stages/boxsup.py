@@ -20,8 +20,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..config import BoxSupConfig, CandidatesConfig, TrainConfig
 from ..datasets import Dataset, Sample, open_dataset
 from ..errors import ConfigError, ImageError, StageError
