@@ -148,8 +148,14 @@ def ensure_candidates(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
         info_path = run_dir / "candidates" / "selective" / "stage.json"
         made_with = read_json(info_path).get("config") if info_path.exists() else None
         cand_config = build_config(CandidatesConfig, made_with or {}, where=str(info_path))
-        summary = run_method_stage("candidates", "selective", CANDIDATE_METHODS["selective"], cand_config,
-                                   dataset, run_dir, workers=workers)
+        try:
+            summary = run_method_stage("candidates", "selective", CANDIDATE_METHODS["selective"], cand_config,
+                                       dataset, run_dir, workers=workers)
+        except StageError as exc:
+            raise StageError(
+                f"{exc}. The boxes guide uses RUN/candidates/selective for its candidates: for another dataset or "
+                "split give --candidates FOLDER (from 'wsss candidates --split SPLIT --run OTHER_RUN'), or use "
+                "another --run") from None
         folder = StageFolder.open(summary.stage_dir)
     missing = [i for i in dataset.ids if not folder.has(i)]
     if missing:
