@@ -271,3 +271,12 @@ def test_demo_command_runs_the_demo_recipe_and_writes_the_report(tmp_path, monke
     assert f"{box_miou:6.2f}" in table[2]
     again = CliRunner().invoke(main, ["demo", "--images", "6", "--workers", "1"])
     assert again.exit_code == 0 and again.output.count("resumed: 0 written, 6 resumed") == 3
+
+
+def test_skip_leaves_steps_out(demo_root, tmp_path, fill_stage):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="--skip thr: step 'filled' reads it; skip 'filled' too"):
+        run_recipe(parse_recipe(CHAIN), demo_root, run_dir, skip=["thr"], echo=lambda _: None)
+    results = run_recipe(parse_recipe(CHAIN), demo_root, run_dir, skip=["filled"], echo=lambda _: None)
+    assert [r.name for r in results] == ["thr"] and not (run_dir / "refined").exists()
+    assert [s["name"] for s in read_json(run_dir / "run.json")["steps"]] == ["thr"]

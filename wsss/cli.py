@@ -357,8 +357,9 @@ def demo(run_dir, images, workers, overwrite):
 @click.option("--overwrite/--no-overwrite", default=False, help="redo every stage from scratch")
 @click.option("--redo", multiple=True, metavar="STEP",
               help="redo this step from scratch (and the steps reading it); repeatable")
+@click.option("--skip", multiple=True, metavar="STEP", help="leave this step out of this run; repeatable")
 @click.option("--report/--no-report", "make_report", default=True, help="write RUN/report.html at the end")
-def run_cmd(recipe, dataset_path, run_dir, overrides, workers, overwrite, redo, make_report):
+def run_cmd(recipe, dataset_path, run_dir, overrides, workers, overwrite, redo, skip, make_report):
     """Run the steps of a YAML RECIPE (a file, or the name of a shipped one: demo, voc_guided, ...).
 
     Finished stages are skipped (their images show as resumed), an interrupted stage resumes, and one quality table
@@ -368,7 +369,7 @@ def run_cmd(recipe, dataset_path, run_dir, overrides, workers, overwrite, redo, 
     from .stages.pipeline import run_recipe
 
     parsed = apply_overrides(load_recipe(recipe), overrides)
-    results = run_recipe(parsed, dataset_path, run_dir, workers=workers, overwrite=overwrite, redo=redo,
+    results = run_recipe(parsed, dataset_path, run_dir, workers=workers, overwrite=overwrite, redo=redo, skip=skip,
                          echo=click.echo)
     click.echo("")
     click.echo(QUALITY_HEADER)

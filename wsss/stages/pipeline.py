@@ -91,18 +91,26 @@ def _run_step(rs: ResolvedStep, dataset: Dataset, run_dir: Path, upstream: dict[
 
 
 def run_recipe(recipe: Recipe, dataset_path: str | Path, run_dir: str | Path | None = None, *, workers: int | None = None,
-               overwrite: bool = False, redo: tuple[str, ...] | list[str] = (), overlays: int = 8,
+               overwrite: bool = False, redo: tuple[str, ...] | list[str] = (),
+               skip: tuple[str, ...] | list[str] = (), overlays: int = 8,
                echo: Callable[[str], None] = print) -> list[StepResult]:
     """Run every step of ``recipe`` on the dataset at ``dataset_path`` into ``run_dir`` (default ``runs/<name>``).
 
-    ``redo`` names steps to redo from scratch (their downstream steps follow, as their input is rewritten).
+    ``redo`` names steps to redo from scratch (their downstream steps follow, as their input is rewritten);
+    ``skip`` names steps to leave out of this run (a step reading a skipped step is an error).
     Raises :class:`StageError` after the first step with failed images (the later steps would read its holes);
     what finished stays on disk and the next call resumes.
     """
     steps = resolve_recipe(recipe)  # every step checked before anything runs
-    unknown = sorted(set(redo) - {rs.name for rs in steps})
-    if unknown:
-        raise ConfigError(f"--redo {', '.join(unknown)}: no such step; steps: {', '.join(rs.name for rs in steps)}")
+    for flag, names in (("--redo", redo), ("--skip", skip)):
+        unknown = sorted(set(names) - {rs.name for rs in steps})
+        if unknown:
+            raise ConfigError(f"{flag} {', '.join(unknown)}: no such step; steps: {', '.join(rs.name for rs in steps)}")
+    for rs in steps:
+        needs = sorted(set(rs.inputs.values()) & set(skip))
+        if needs and rs.name not in skip:
+            raise ConfigError(f"--skip {', '.join(needs)}: step {rs.name!r} reads it; skip {rs.name!r} too")
+    steps = [rs for rs in steps if rs.name not in skip]
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     datasets: dict[str | None, Dataset] = {}
