@@ -1,8 +1,11 @@
 """Model zoo table: paper, parameter count and CPU forward time at 321x321 (batch 1) of every registered model.
 
 Each model is built with its paper's backbone (random init), put in eval mode and timed with
-``torch.inference_mode()``: one warm-up pass, then the median of ``--runs`` passes. The last column is the time
-relative to DeepLab-v2 (ResNet-101), the project's default model, measured in the same run.
+``torch.inference_mode()``: all models are built first and warmed up once, then ``--runs`` rounds time every model in
+turn (interleaved, so a burst of load from other processes on a shared machine hits all models alike); the table has
+the median wall time and the median process CPU time (``time.process_time``, all threads: the compute cost, less
+sensitive to other processes than wall time). The last column is the CPU time relative to DeepLab-v2 (ResNet-101),
+the project's default model, measured in the same run.
 
     nice -n 10 python bench/bench_models.py --runs 3 --threads 2
 
@@ -45,15 +48,12 @@ def backbone_of(name: str) -> str:
     return str(inspect.signature(MODELS[name]).parameters["backbone"].default)
 
 
-def time_forward(model, x, runs: int) -> float:
+def time_forward(model, x) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one forward pass."""
     with torch.inference_mode():
-        model(x)  # warm-up
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        t0, c0 = time.perf_counter(), time.process_time()
+        model(x)
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(argv=None):
@@ -71,26 +71,32 @@ def main(argv=None):
     names = args.models or list(MODELS)
     if "deeplabv2" not in names:
         names = ["deeplabv2", *names]
-    rows = []
+    models = {}
     for name in names:
-        model = build_model(name, num_classes=args.num_classes).eval()
-        params = sum(p.numel() for p in model.parameters())
-        seconds = time_forward(model, x, args.runs)
-        rows.append((name, PAPERS.get(name, "?"), backbone_of(name), params, seconds))
-        print(f"{name}: {params / 1e6:.1f} M parameters, {seconds * 1000:.0f} ms", flush=True)
-        del model
-    reference = dict((r[0], r[4]) for r in rows)["deeplabv2"]
+        models[name] = build_model(name, num_classes=args.num_classes).eval()
+        time_forward(models[name], x)  # warm-up
+    walls = {name: [] for name in names}
+    cpus = {name: [] for name in names}
+    for round_ in range(args.runs):
+        for name, model in models.items():
+            wall, cpu = time_forward(model, x)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            print(f"round {round_ + 1} {name}: {wall * 1000:.0f} ms wall, {cpu * 1000:.0f} ms CPU", flush=True)
+    reference = statistics.median(cpus["deeplabv2"])
     lines = [
-        f"| model (`--model`) | paper | backbone | parameters | CPU forward {args.size}x{args.size} (ms) | "
-        "time / DeepLab-v2 |",
-        "|---|---|---|---:|---:|---:|",
+        f"| model (`--model`) | paper | backbone | parameters | forward {args.size}x{args.size}: wall (ms) | "
+        "CPU time (ms) | CPU time / DeepLab-v2 |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
-    for name, paper, backbone, params, seconds in rows:
-        lines.append(f"| `{name}` | {paper} | {backbone} | {params / 1e6:.1f} M | {seconds * 1000:.0f} | "
-                     f"{seconds / reference:.2f} |")
+    for name, model in models.items():
+        params = sum(p.numel() for p in model.parameters())
+        wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
+        lines.append(f"| `{name}` | {PAPERS.get(name, '?')} | {backbone_of(name)} | {params / 1e6:.1f} M | "
+                     f"{wall * 1000:.0f} | {cpu * 1000:.0f} | {cpu / reference:.2f} |")
     table = "\n".join(lines)
     print()
-    print(f"batch 1, {args.threads} threads, median of {args.runs} runs after one warm-up, torch "
+    print(f"batch 1, {args.threads} threads, median of {args.runs} interleaved rounds after one warm-up, torch "
           f"{torch.__version__}, {args.num_classes} classes, random init, eval mode, inference_mode")
     print(table)
     out = Path(args.out)
