@@ -267,8 +267,9 @@ class GrabCutConfig:
     uncertain: str = option("ignore", "doubtful pixels inside a box: ignore (255, left to a CRF on the scores), "
                                       "grabcut (GrabCut's own label), foreground (the box class) or background",
                             ("ignore", "grabcut", "foreground", "background"))
-    overlap: str = option("smaller", "a pixel claimed by several boxes: smaller (the smallest box wins) or "
-                                     "confidence (the highest foreground probability wins)", ("smaller", "confidence"))
+    overlap: str = option("confidence", "a pixel claimed by several boxes: confidence (the highest foreground "
+                                        "probability wins) or smaller (the smallest box wins)",
+                          ("confidence", "smaller"))
     min_box_size: int = option(8, "boxes with a side shorter than this (pixels) are filled with their class")
     margin: float = option(1.0, "GrabCut crop: the box plus this fraction of its size on each side")
     core_fraction: float = option(0.5, "centred core (fraction of box width/height) marked definite foreground; "

@@ -180,7 +180,7 @@ def grabcut_box(image: np.ndarray, box, *, known_bg: np.ndarray | None = None,
 
 
 def grabcut_seeds(image: np.ndarray, boxes, *, iterations: int = 5, uncertain: str = "ignore",
-                  overlap: str = "smaller", min_box_size: int = 8, margin: float = 1.0, core_fraction: float = 0.5,
+                  overlap: str = "confidence", min_box_size: int = 8, margin: float = 1.0, core_fraction: float = 0.5,
                   hard_weight: float = 0.5, doubt_margin: float = 0.2, min_fill: float = 0.1,
                   fallback_core: float = 0.5, max_side: int | None = 200, colour_space: str = "rgb",
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
