@@ -241,11 +241,17 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
     return losses
 
 
-def recalibrate_batchnorm(net, images: Sequence[np.ndarray], *, batch_size: int = 8) -> None:
-    """Re-estimate every BatchNorm's running mean/variance as a plain average over ``images`` with the final
-    weights (one forward pass, no gradient). After short training the running averages still mix in the early
-    weights' statistics, which skews the eval-mode output; this removes that lag."""
+def recalibrate_batchnorm(net, images: Sequence[np.ndarray], *, batch_size: int = 8, max_images: int = 256,
+                          seed: int = 0) -> None:
+    """Re-estimate every BatchNorm's running mean/variance as a plain average over ``images`` (a seeded sample of
+    at most ``max_images``) with the final weights (one forward pass, no gradient). After short training the
+    running averages still mix in the early weights' statistics, which skews the eval-mode output; this removes
+    that lag."""
     import torch
+
+    if len(images) > max_images:
+        pick = np.random.default_rng(seed).choice(len(images), max_images, replace=False)
+        images = [images[i] for i in sorted(pick)]
 
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms or len(images) < 2:
