@@ -41,6 +41,23 @@ def test_every_model_forward_backward(name):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_runs_image_pyramid_inference(name):
+    """What ``wsss predict --scales 0.5,0.75,1.0,1.25 --flip`` does with each model, on a small odd-sized image
+    (the 0.5 scale is 20x27 pixels)."""
+    import numpy as np
+
+    from wsss.models.inference import segment
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3, **_small_backbone(name)).eval()
+    image = np.random.default_rng(0).integers(0, 256, (40, 53, 3), dtype=np.uint8)
+    probs = segment(model, image, scales=(0.5, 0.75, 1.0, 1.25), flip=True)
+    assert probs.shape == (3, 40, 53) and np.isfinite(probs).all()
+    assert np.allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name,kw", [("segnet_basic", {}), ("unet", {"padded": True}), ("pspnet", {}),
                                      ("deeplabv3plus", {}), ("refinenet", {})])
 def test_odd_input_sizes_give_input_size_logits(name, kw):

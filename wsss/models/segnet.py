@@ -8,8 +8,8 @@ densify the sparse maps.
   4 encoder layers (7x7 conv, 64 channels, BN, ReLU, 2x2 max pool) and 4 decoder layers (unpool, 7x7 conv,
   64 channels, BN; no ReLU in the decoder, as in ``segnet_basic_train.prototxt``), then a 1x1 classifier.
 
-Odd sizes are handled by unpooling to the exact pre-pooling size (``output_size``), so the output has the input's
-size for any input of at least 2^depth pixels a side.
+Odd sizes are pooled with Caffe's ceil rounding and unpooled to the exact pre-pooling size (``output_size``), so
+the output has the input's size for any input size.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from .blocks import check_weights, conv_bn_relu, vgg16, vgg16_stages
 
 def pool_with_indices(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
     """2x2 / stride 2 max pooling returning ``(pooled, indices, pre-pool size)``; indices are flat positions in
-    each (H, W) plane, as ``nn.MaxUnpool2d`` wants them."""
-    pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+    each (H, W) plane, as ``nn.MaxUnpool2d`` wants them. Caffe's rounding (``ceil_mode``): an odd row/column is
+    pooled on its own, so any size >= 1 pixel goes through every stage."""
+    pooled, indices = F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
     return pooled, indices, x.shape
 
 
