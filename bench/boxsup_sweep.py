@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--lambdas", default="0,0.5,1,2")
     ap.add_argument("--top-k", default="1,3,5")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--balanced", action="store_true", help="also score the balanced cross-entropy variant")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scales", default="1.0", help="prediction scales, as --predict-scales of the boxes guide")
     args = ap.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
     ks = [int(v) for v in args.top_k.split(",")]
     k_classes = ds.num_classes
     cms = {key: np.zeros((k_classes, k_classes + 1), np.int64)
-           for key in [("initial",), ("network",)] + [(lam, k) for lam in lambdas for k in ks]}
+           for key in [("initial",), ("network",)] + [(lam, k, bal) for lam in lambdas for k in ks
+                                                     for bal in ((False, True) if args.balanced else (False,))]}
     ids = ds.ids[:args.limit] if args.limit else ds.ids
     t0 = time.perf_counter()
     for image_id in ids:
@@ -76,15 +78,14 @@ def main() -> None:
             continue
         init = labels_from_selection(cands, sample.boxes, initial_selection(cands, sample.boxes))
         cms[("initial",)] += confusion_matrix(sample.gt, init, k_classes)
-        for lam in lambdas:
-            for k in ks:
-                sel, _ = update_selection(cands, sample.boxes, probs, lam=lam, top_k=k,
-                                          rng=image_rng(0, 1, image_id))
-                cms[(lam, k)] += confusion_matrix(sample.gt, labels_from_selection(cands, sample.boxes, sel),
-                                                  k_classes)
+        for lam, k, bal in [key for key in cms if len(key) == 3]:
+            sel, _ = update_selection(cands, sample.boxes, probs, lam=lam, top_k=k, balanced=bal,
+                                      rng=image_rng(0, 1, image_id))
+            cms[(lam, k, bal)] += confusion_matrix(sample.gt, labels_from_selection(cands, sample.boxes, sel),
+                                                   k_classes)
     print(f"{len(ids)} images of {args.dataset} {args.split}, {time.perf_counter() - t0:.0f}s")
     for key, cm in cms.items():
-        name = key[0] if len(key) == 1 else f"lambda={key[0]:g} top_k={key[1]}"
+        name = key[0] if len(key) == 1 else f"lambda={key[0]:g} top_k={key[1]}{' balanced' if key[2] else ''}"
         print(f"{name:<24} mIoU {scores_from_confusion(cm, ds.classes)['miou']:.2f}")
 
 

@@ -112,6 +112,26 @@ def test_round_with_perfect_network_selects_its_candidate():
     np.testing.assert_array_equal(labels_from_selection(cands, box, sel), target)
 
 
+def test_balanced_cost_resists_a_background_leaning_network():
+    disc = _disc(SHAPE, 20, 20, 10)
+    ring = disc & ~_disc(SHAPE, 20, 20, 8)                 # same box as the disc, far fewer pixels
+    cands = candidates_from_masks([ring, disc])
+    x0, y0, x1, y1 = cands.boxes[1]
+    box = np.array([[1, x0, y0, x1, y1]])
+    assert tuple(cands.boxes[0]) == tuple(cands.boxes[1])
+    probs = np.zeros((2, *SHAPE), np.float32)
+    probs[1] = np.where(disc, 0.45, 0.3)                   # the object is likelier there, yet background leads
+    probs[0] = 1 - probs[1]
+    plain, _ = update_selection(cands, box, probs, lam=1.0, top_k=1, rng=np.random.default_rng(0))
+    balanced, _ = update_selection(cands, box, probs, lam=1.0, top_k=1, rng=np.random.default_rng(0),
+                                   balanced=True)
+    assert plain.tolist() == [0] and balanced.tolist() == [1]
+    # a candidate with no pixel inside its box costs the most under the balanced rule
+    outside = candidates_from_masks([_rect(SHAPE, 45, 30, 50, 40), disc])
+    costs = candidate_costs(outside, box[0], probs, balanced=True)
+    assert costs[0] > costs[1] + 5
+
+
 def test_unclipped_cost_counts_candidate_pixels_outside_the_box():
     box = np.array([2, 0, 0, 10, 10])
     inside = _rect(SHAPE, 0, 0, 10, 10)
@@ -246,7 +266,7 @@ def _tiny_boxsup(**kw):
     from wsss.config import BoxSupConfig
 
     base = dict(boxsup_rounds=1, model="deeplabv2", backbone="resnet18", iterations=2, batch_size=2, crop_size=32,
-                lr=1e-3, top_k=2, device="cpu")
+                lr=1e-3, top_k=2, device="cpu", balanced_ce=True)
     base.update(kw)
     return BoxSupConfig(**base)
 

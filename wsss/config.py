@@ -62,6 +62,8 @@ class BoxSupConfig:
     tie_tolerance: float = option(0.05, "initial selection: among candidates within this of the best box IoU, "
                                         "take the largest (0: plain arg-max)")
     top_k: int = option(5, "draw the new candidate at random among the k lowest-cost ones (1: the best)")
+    balanced_ce: bool = option(False, "not in the paper: average the foreground and background pixels' mean "
+                                      "cross-entropies (robust to a network leaning to background)")
     clip_to_box: bool = option(True, "candidate pixels outside their box stay background")
     boxsup_seed: int = option(0, "seed of the top-k draws and of the training runs")
     candidates: typing.Optional[str] = option(None, "candidates stage folder (default: RUN/candidates/selective, "

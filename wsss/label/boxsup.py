@@ -99,10 +99,13 @@ def labels_from_selection(candidates: Candidates, boxes, selection, *, clip_to_b
 
 
 def candidate_costs(candidates: Candidates, box, probs: np.ndarray, *, lam: float = 1.0,
-                    clip_to_box: bool = True) -> np.ndarray:
+                    clip_to_box: bool = True, balanced: bool = False) -> np.ndarray:
     """(M,) BoxSup cost of every candidate for one ``box`` ``[class, x0, y0, x1, y1]`` given ``probs`` (K, H, W).
 
-    ``probs`` holds class probabilities (softmax) for every class id ``0..K-1`` at the image's size.
+    ``probs`` holds class probabilities (softmax) for every class id ``0..K-1`` at the image's size. ``balanced``
+    (not in the paper) replaces the mean cross-entropy over all pixels by the mean of the foreground pixels' and
+    the background pixels' mean cross-entropies, so a network that leans to background does not simply favour the
+    smallest candidates; a candidate with no pixel in the box then costs the largest cross-entropy (-log 1e-6).
     """
     cls, x0, y0, x1, y1 = (int(v) for v in _check_boxes(np.asarray(box).reshape(-1)[:5], candidates.shape)[0])
     probs = np.asarray(probs)
@@ -125,7 +128,16 @@ def candidate_costs(candidates: Candidates, box, probs: np.ndarray, *, lam: floa
         fg = candidates.candidate_sums(candidates.leaf_sums(nlp_fg))
         inside = candidates.candidate_sums(candidates.leaf_sums(np.ones(candidates.shape), window))
         count = (x1 - x0) * (y1 - y0) + candidates.areas - inside
-    ce = (fg + box_bg - bg_in) / np.maximum(count, 1.0)
+    if balanced:
+        inside = candidates.candidate_sums(candidates.leaf_sums(np.ones(candidates.shape), window))
+        n_fg = inside if clip_to_box else candidates.areas.astype(np.float64)
+        n_bg = (x1 - x0) * (y1 - y0) - inside
+        worst = -np.log(PROB_FLOOR)
+        fg_mean = np.where(n_fg > 0, fg / np.maximum(n_fg, 1.0), worst)
+        bg_mean = np.where(n_bg > 0, (box_bg - bg_in) / np.maximum(n_bg, 1.0), 0.0)
+        ce = 0.5 * (fg_mean + bg_mean)
+    else:
+        ce = (fg + box_bg - bg_in) / np.maximum(count, 1.0)
     return (1.0 - iou) + lam * ce
 
 
@@ -141,13 +153,14 @@ def select_candidates(costs: np.ndarray, top_k: int, rng: np.random.Generator) -
 
 
 def update_selection(candidates: Candidates, boxes, probs: np.ndarray, *, lam: float = 1.0, top_k: int = 5,
-                     rng: np.random.Generator, clip_to_box: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                     rng: np.random.Generator, clip_to_box: bool = True,
+                     balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One BoxSup update for every box: ``(selection (N,) int64, chosen costs (N,) float64)``."""
     boxes = _check_boxes(boxes, candidates.shape)
     selection = np.zeros(len(boxes), np.int64)
     chosen = np.zeros(len(boxes))
     for i, box in enumerate(boxes):
-        costs = candidate_costs(candidates, box, probs, lam=lam, clip_to_box=clip_to_box)
+        costs = candidate_costs(candidates, box, probs, lam=lam, clip_to_box=clip_to_box, balanced=balanced)
         selection[i] = select_candidates(costs, top_k, rng)
         chosen[i] = costs[selection[i]]
     return selection, chosen

@@ -70,6 +70,7 @@ class BoxSupRoundJob:
                         channels_last=bool(meta.get("speed", {}).get("channels_last")))
         selection, _ = update_selection(cands, sample.boxes, probs, lam=self.config.boxsup_lambda,
                                         top_k=self.config.top_k, clip_to_box=self.config.clip_to_box,
+                                        balanced=self.config.balanced_ce,
                                         rng=image_rng(self.config.boxsup_seed, self.round_index, sample.id))
         return ImageResult(labels_from_selection(cands, sample.boxes, selection, clip_to_box=self.config.clip_to_box))
 
