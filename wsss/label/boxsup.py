@@ -22,6 +22,9 @@ Pure functions on arrays; the candidates come from :mod:`wsss.label.candidates` 
   labelled ``c`` and costs ``-log p_c``, a pixel not in ``S`` is background and costs ``-log p_0``; the sum is
   divided by the number of those pixels. A candidate is then drawn uniformly at random among the ``top_k``
   lowest-cost ones (``top_k = 1``: the best), with the caller's seeded :class:`numpy.random.Generator`.
+* **Balanced** variant (``balanced=True``, not in the paper): ``CE(S)`` is the mean of the foreground pixels' and
+  the background pixels' mean cross-entropies, so a network leaning to background does not pick the smallest
+  candidates (bench/RESULTS.md, issue 8).
 
 Per-candidate sums are computed per leaf (``bincount``) and combined through the candidates' membership matrix, so
 nothing loops over pixels in Python.
