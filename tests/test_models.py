@@ -197,6 +197,7 @@ def test_reflect_pad_wider_than_image():
     # [0 1 2] mirrored by 2 | 1 -> [2 1 0 1 2 1], then by 3 more on the left -> [1 0 1 | 2 1 0 1 2 1]
     assert out.view(-1).tolist() == [1, 0, 1, 2, 1, 0, 1, 2, 1]
     assert out[0, 0, 0, 5:8].tolist() == [0, 1, 2]
+    assert reflect_pad(torch.ones(1, 1, 1, 3), 2, 2, 1, 1).shape == (1, 1, 5, 5)  # 1-pixel rows repeat
 
 
 # --------------------------------------------------------------------------------------- DeepLab, PSP, Parse

@@ -73,6 +73,9 @@ def reflect_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -
     """Mirror-pad (N, C, H, W) by any amount: pads wider than the image are applied in repeated mirror steps
     (U-Net's overlap-tile extrapolation of the missing context)."""
     pads = [left, right, top, bottom]
+    h, w = x.shape[-2:]
+    if (h < 2 and top + bottom) or (w < 2 and left + right):  # nothing to mirror in one pixel: repeat it
+        return F.pad(x, pads, mode="replicate")
     while any(p > 0 for p in pads):
         h, w = x.shape[-2:]
         step = [min(pads[0], w - 1), min(pads[1], w - 1), min(pads[2], h - 1), min(pads[3], h - 1)]
