@@ -217,9 +217,9 @@ def evaluate_model(model: nn.Module, dataset, ids: list[str], *, device: torch.d
                         bf16=bf16)
         cm += confusion_matrix(sample.gt, probs.argmax(0).astype(np.uint8), num_classes)
     if world > 1:
-        total = torch.from_numpy(cm)
+        total = torch.from_numpy(cm).to(device)  # nccl reduces GPU tensors only
         dist.all_reduce(total)
-        cm = total.numpy()
+        cm = total.cpu().numpy()
     model.train(was_training)
     result = scores_from_confusion(cm, dataset.classes)
     result["images"] = len(ids)
