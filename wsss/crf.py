@@ -20,7 +20,8 @@ Rules of :func:`crf_refine`
   over a larger one's (the seeds' overlap rule). Far-away background then cannot pull an object's pixels to
   background through the long-range colour kernel.
 * **relabel**: ``all`` gives every pixel the CRF's label; ``ignore`` gives it only to the pixels that are 255 in
-  the input mask (the doubtful band), the others keep their input label.
+  the input mask (the doubtful band), the others keep their input label (with ``per_box``, a box without 255
+  pixels is skipped).
 * **keep_ignore**: a pixel that is 255 in the input mask stays 255 (``False``: the CRF labels it).
 """
 
@@ -179,6 +180,8 @@ def crf_refine(image: np.ndarray, *, mask: np.ndarray | None = None, scores: np.
     if box_prior and per_box:  # one CRF per box over its crop; large boxes first, smaller ones written over
         areas = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])
         for _, bx0, by0, bx1, by1 in boxes[np.argsort(-areas, kind="stable")]:
+            if relabel == "ignore" and mask is not None and not (mask[by0:by1, bx0:bx1] == IGNORE).any():
+                continue  # nothing to relabel in this box: its pixels keep their input label
             my, mx = max(box_margin, (by1 - by0) // 10), max(box_margin, (bx1 - bx0) // 10)
             cy0, cy1, cx0, cx1 = max(0, by0 - my), min(h, by1 + my), max(0, bx0 - mx), min(w, bx1 + mx)
             sub = probs[:, cy0:cy1, cx0:cx1]
