@@ -46,7 +46,8 @@ def naive_crf(image: np.ndarray, mask: np.ndarray, num_labels: int, iterations: 
     crf.setUnaryEnergy(np.ascontiguousarray(unary))
     p = crf_params("deeplab")
     crf.addPairwiseGaussian(sxy=p["sxy_gaussian"], compat=p["compat_gaussian"])
-    crf.addPairwiseBilateral(sxy=p["sxy"], srgb=p["srgb"], rgbim=np.array(image, np.uint8, order="C"), compat=p["compat"])
+    crf.addPairwiseBilateral(sxy=p["sxy"], srgb=p["srgb"], rgbim=np.array(image, np.uint8, order="C"),
+                             compat=p["compat"])
     q = np.asarray(crf.inference(iterations)).reshape(num_labels, h, w)
     return q.argmax(0).astype(np.uint8)
 

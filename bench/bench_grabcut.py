@@ -91,8 +91,8 @@ def main() -> None:
     t_naive = time.perf_counter() - t0
 
     # the command
-    cmd = [str(Path(sys.executable).with_name("wsss")), "seeds", "--method", "grabcut", "--dataset", str(view), "--split", "bench",
-           "--run", str(out / "run"), "--workers", str(args.workers)]
+    cmd = [str(Path(sys.executable).with_name("wsss")), "seeds", "--method", "grabcut", "--dataset", str(view),
+           "--split", "bench", "--run", str(out / "run"), "--workers", str(args.workers)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     t_ours = time.perf_counter() - t0

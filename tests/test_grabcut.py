@@ -202,3 +202,29 @@ def test_bad_boxes_are_per_image_errors(demo_copy, tmp_path):
     assert rows["demo_0001"]["status"] == "failed" and "dragon" in rows["demo_0001"]["error"]
     assert rows["demo_0002"]["status"] == "failed" and "no box" in rows["demo_0002"]["error"]
     assert sum(r["status"] == "ok" for r in rows.values()) == 9
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_grabcut_beats_box_fill_on_voc_dev_val_subset():
+    """On 12 real VOC photos: GrabCut seeds (labelled pixels) and their CRF-resolved band beat plain box fill."""
+    from conftest import voc_dev
+
+    from wsss.crf import crf_refine
+    from wsss.datasets import open_dataset
+    from wsss.metrics import confusion_matrix, scores_from_confusion
+
+    ds = open_dataset(voc_dev(), "val")
+    cms = {"box": 0, "grabcut": 0, "crf": 0}
+    for image_id in ds.ids[:12]:
+        s = ds.load(image_id)
+        mask, scores, ids = grabcut_seeds(s.image, s.boxes)
+        refined = crf_refine(s.image, mask=mask, scores=scores, class_ids=ids, image_labels=s.image_labels,
+                             boxes=s.boxes, relabel="ignore")
+        assert not (refined == 255).any()
+        for name, m in (("box", box_fill(s.gt.shape, s.boxes)), ("grabcut", mask), ("crf", refined)):
+            cms[name] = cms[name] + confusion_matrix(s.gt, m, ds.num_classes)
+    q = {k: scores_from_confusion(v) for k, v in cms.items()}
+    assert q["grabcut"]["labelled_miou"] > q["box"]["miou"] + 5
+    assert q["crf"]["miou"] > q["box"]["miou"] + 3
+    assert q["crf"]["miou"] > q["grabcut"]["miou"]

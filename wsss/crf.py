@@ -13,11 +13,11 @@ Rules of :func:`crf_refine`
 * **Unary**: from ``scores`` (probabilities, ``-log p``) when given, else from the mask: a labelled pixel puts
   ``confidence`` on its label and spreads the rest evenly, a 255 pixel is uniform (the CRF decides it).
 * **Box prior** (``box_prior=True`` and every class taking part has a box): a class may only appear inside one of
-  its own boxes, and a pixel outside every box is background. The CRF then runs on the crop around the union of the boxes (plus
-  ``box_margin`` pixels of context), everything outside it is background. With ``per_box`` (default) the CRF runs
-  once per box on the box's crop (plus a tenth of its size, at least ``box_margin`` pixels, of context) over the
-  labels that can occur there, and labels the box; boxes go large to small, so a smaller box's result is written
-  over a larger one's (the seeds' overlap rule). Far-away background then cannot pull an object's pixels to
+  its own boxes, and a pixel outside every box is background. The CRF then runs on the crop around the union of
+  the boxes (plus ``box_margin`` pixels of context), everything outside it is background. With ``per_box``
+  (default) the CRF runs once per box on the box's crop (plus a tenth of its size, at least ``box_margin`` pixels,
+  of context) over the labels that can occur there, and labels the box; boxes go large to small, so a smaller
+  box's result is written over a larger one's. Far-away background then cannot pull an object's pixels to
   background through the long-range colour kernel.
 * **relabel**: ``all`` gives every pixel the CRF's label; ``ignore`` gives it only to the pixels that are 255 in
   the input mask (the doubtful band), the others keep their input label (with ``per_box``, a box without 255
