@@ -280,3 +280,13 @@ def test_skip_leaves_steps_out(demo_root, tmp_path, fill_stage):
     results = run_recipe(parse_recipe(CHAIN), demo_root, run_dir, skip=["filled"], echo=lambda _: None)
     assert [r.name for r in results] == ["thr"] and not (run_dir / "refined").exists()
     assert [s["name"] for s in read_json(run_dir / "run.json")["steps"]] == ["thr"]
+
+
+def test_run_json_keeps_the_wall_time_that_made_each_folder(demo_root, tmp_path, fill_stage):
+    run_dir = tmp_path / "run"
+    first = run_recipe(parse_recipe(CHAIN), demo_root, run_dir, echo=lambda _: None)
+    made = [s["wall_seconds"] for s in read_json(run_dir / "run.json")["steps"]]
+    assert made == [pytest.approx(r.seconds, abs=1e-3) for r in first]
+    run_recipe(parse_recipe(CHAIN), demo_root, run_dir, echo=lambda _: None)  # all resumed: unchanged
+    steps = read_json(run_dir / "run.json")["steps"]
+    assert [s["wall_seconds"] for s in steps] == made and [s["status"] for s in steps] == ["resumed"] * 2

@@ -53,7 +53,7 @@ class ReportStage:
     path: Path
     info: dict
     has_masks: bool
-    wall_seconds: float | None = None  # the step's wall time in the recipe run (training included)
+    wall_seconds: float | None = None  # wall time the recipe runs spent making the folder (training included)
 
     @property
     def quality(self) -> dict | None:
@@ -74,8 +74,8 @@ def find_stages(run_dir: Path) -> list[ReportStage]:
         for step in read_json(run_info).get("steps", []):
             named[step["folder"]] = step["name"]
             order.append(step["folder"])
-            if step.get("seconds") is not None and step.get("status") == "ran":
-                walls[step["folder"]] = step["seconds"]
+            if step.get("wall_seconds"):
+                walls[step["folder"]] = step["wall_seconds"]
     found = sorted(
         (p.parent for p in run_dir.glob("*/*/stage.json")),
         key=lambda p: (STAGE_ORDER.index(p.parent.name) if p.parent.name in STAGE_ORDER else len(STAGE_ORDER),

@@ -128,11 +128,11 @@ def run_recipe(recipe: Recipe, dataset_path: str | Path, run_dir: str | Path | N
                    "inputs": rs.inputs, "split": rs.step.split or recipe.split,
                    "config": config_to_dict(rs.config), "status": "pending"} for rs in steps],
     }
-    if info_path.exists():  # keep the record of earlier runs' step timings
+    if info_path.exists():  # keep the wall time that earlier calls spent making each stage folder
         old = {s["name"]: s for s in read_json(info_path).get("steps", [])}
         for s in info["steps"]:
             if s["name"] in old and old[s["name"]].get("folder") == s["folder"]:
-                s.update({k: v for k, v in old[s["name"]].items() if k in ("status", "seconds", "quality")})
+                s["wall_seconds"] = old[s["name"]].get("wall_seconds", 0.0)
     write_json(info_path, info)
 
     results: list[StepResult] = []
@@ -153,6 +153,7 @@ def run_recipe(recipe: Recipe, dataset_path: str | Path, run_dir: str | Path | N
             echo(f"    redoing {rs.folder}: " + (f"its input {', '.join(changed)} was rewritten in this run"
                                                  if changed else "--redo" if rs.name in redo else "--overwrite"))
             shutil.rmtree(stage_dir)
+            info["steps"][index]["wall_seconds"] = 0.0
         t0 = time.perf_counter()
         try:
             stage_dir, done, resumed, failed, quality = _run_step(rs, dataset, run_dir, upstream, workers=n_workers,
@@ -172,6 +173,8 @@ def run_recipe(recipe: Recipe, dataset_path: str | Path, run_dir: str | Path | N
         written[rs.name] = result.done
         record = info["steps"][index]
         unit = "iterations" if rs.step.stage == "train" else "images"
+        if result.done:  # wall time spent making this folder, over every call that wrote into it
+            record["wall_seconds"] = round(record.get("wall_seconds", 0.0) + result.seconds, 3)
         record.update({"status": result.status, "unit": unit, "seconds": round(result.seconds, 3), "quality": _brief(quality),
                        "written": result.done, "resumed": result.resumed, "failed": len(result.failed)})
         write_json(info_path, info)
