@@ -35,6 +35,8 @@ def summary(run_dir: Path) -> str:
             seconds = (info.get("timings") or {}).get("seconds")
         if step.get("wall_seconds"):
             seconds = step["wall_seconds"]  # wall time of the recipe calls that made the folder, training included
+        elif step.get("status") == "ran" and step.get("seconds") is not None:
+            seconds = step["seconds"]  # this call's wall time of the step
         lines.append(f"| {step['name']} | {step['folder']} | {step.get('split') or '–'} | {made} | "
                      f"{step.get('status', '–')} | {_fmt(seconds, 0)} | {_fmt(quality.get('miou'))} | "
                      f"{_fmt(quality.get('labelled_miou'))} | {_fmt(quality.get('coverage'))} |")
