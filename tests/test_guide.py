@@ -235,3 +235,19 @@ def test_label_cli_threshold_seeds_and_errors(demo_root, tmp_path):
     res = runner.invoke(main, ["label", "--guide", "cam", "--seeds", str(cam_dir), "--dataset", str(demo_root),
                                "--run", str(tmp_path / "r5"), "--seed-threshold", "0.3"])
     assert res.exit_code == 2 and "does not apply" in res.output
+
+
+def test_guide_fill_single_tag():
+    sal, cams, ids = scene()
+    # one tag (3): region B has no class-3 seed and region C none at all -> 255 by default, 3 with the option
+    only3 = guide_labels(sal, cams, ids, image_labels=(3,))
+    assert (only3[12:18, 2:9] == 255).all() and (only3[2:9, 14:27] == 255).all()
+    filled = guide_labels(sal, cams, ids, image_labels=(3,), fill_single_tag=True)
+    exp = only3.copy()
+    exp[exp == 255] = 3
+    np.testing.assert_array_equal(filled, exp)
+    # several tags: the option changes nothing
+    np.testing.assert_array_equal(guide_labels(sal, cams, ids, image_labels=(3, 5, 7), fill_single_tag=True),
+                                  expected())
+    empty = np.zeros((0, 20, 30), np.float32)
+    assert (guide_labels(sal, empty, np.zeros(0, int), image_labels=(4,), fill_single_tag=True)[sal >= 0.5] == 4).all()

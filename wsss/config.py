@@ -120,6 +120,8 @@ class SaliencyGuideConfig:
     confident_threshold: float = option(0.8, "outside salient regions, a normalised seed map at or above this "
                                              "keeps its class (else background)")
     min_seed_share: float = option(0.1, "a salient region takes a class holding at least this share of its seeds")
+    fill_single_tag: bool = option(False, "an image with one tag gives it to salient regions without seeds "
+                                          "(default: they are 255)")
 
 
 @dataclass(frozen=True)

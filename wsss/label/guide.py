@@ -16,7 +16,9 @@ Rules of :func:`guide_labels` (the ``saliency`` guide)
    ``min_seed_share`` (default 0.1) of the region's seed pixels, so a few stray seed pixels do not split a region.
 4. A region overlapping seeds of **several classes is split by per-pixel CAM arg-max** among those classes (with
    mask-only seeds this is the nearest seed).
-5. A salient region **without seeds** is 255 (unsure: an object of no known class, or a salient background thing).
+5. A salient region **without seeds** is 255 (unsure: an object of no known class, or a salient background thing);
+   with ``fill_single_tag`` an image with exactly one tag gives that tag to such regions instead (its class
+   identity needs no seed).
 6. **Non-salient pixels** are background (0) unless a confident seed says otherwise: a class map >=
    ``confident_threshold`` (default 0.8) there gives that class.
 7. An image without tags is all background.
@@ -85,7 +87,7 @@ def scores_from_seed_mask(mask: np.ndarray, image_labels=None, *, decay: float =
 
 def guide_labels(saliency: np.ndarray, cams: np.ndarray, class_ids, image_labels=None, *,
                  saliency_threshold: float = 0.5, seed_threshold: float = 0.2, confident_threshold: float = 0.8,
-                 min_seed_share: float = 0.1) -> np.ndarray:
+                 min_seed_share: float = 0.1, fill_single_tag: bool = False) -> np.ndarray:
     """Pseudo mask (H, W) uint8 in {0, classes, 255} from saliency + class evidence (rules: module docstring).
 
     Parameters
@@ -104,7 +106,7 @@ def guide_labels(saliency: np.ndarray, cams: np.ndarray, class_ids, image_labels
     out = np.zeros((h, w), np.uint8)
     if class_ids.size == 0:
         out[salient] = IGNORE
-        return out
+        return _fill_single_tag(out, salient, image_labels) if fill_single_tag else out
     best = cams.argmax(axis=0)
     peak = np.take_along_axis(cams, best[None], axis=0)[0]
     seed = peak >= seed_threshold
@@ -124,6 +126,13 @@ def guide_labels(saliency: np.ndarray, cams: np.ndarray, class_ids, image_labels
     out[salient] = np.where(has_class[salient], lut[choice[salient]], IGNORE)
     confident = ~salient & (peak >= confident_threshold)
     out[confident] = lut[best[confident]]
+    return _fill_single_tag(out, salient, image_labels) if fill_single_tag else out
+
+
+def _fill_single_tag(out: np.ndarray, salient: np.ndarray, image_labels) -> np.ndarray:
+    tags = sorted({int(c) for c in image_labels}) if image_labels is not None else []
+    if len(tags) == 1:
+        out[salient & (out == IGNORE)] = tags[0]
     return out
 
 
