@@ -42,8 +42,9 @@ class StepResult:
 
     @property
     def label(self) -> str:
-        """``folder`` with what it reads and a split other than the run's, e.g. ``refined/crf (grabcut)``."""
-        notes = list(self.inputs) + ([self.split] if self.split else [])
+        """``folder`` with its one input step and a split other than the run's, e.g. ``refined/crf (grabcut)``."""
+        notes = (list(self.inputs) if len(self.inputs) == 1 and not self.folder.startswith(("train/", "predictions/"))
+                 else []) + ([self.split] if self.split else [])
         return self.folder + (f" ({', '.join(notes)})" if notes else "")
 
     @property
