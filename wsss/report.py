@@ -504,6 +504,7 @@ table.grid td { vertical-align:top; text-align:center; }
 table.grid img { display:block; width:200px; height:auto; border-radius:6px; border:1px solid var(--line);
                  image-rendering:auto; }
 table.grid.many img { width:160px; }
+table.grid td:first-child, table.grid th:first-child { position:sticky; left:0; background:#fff; z-index:1; }
 table.grid.many td.missing { width:160px; }
 table.grid td.missing { width:200px; height:150px; vertical-align:middle; color:var(--muted); background:#fafafa; border:1px dashed var(--line);
                         border-radius:6px; font-size:12px; }
