@@ -192,6 +192,7 @@ def test_threshold_range():
 
 
 # ----------------------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_train_resume_and_checkpoint_safety(demo_root, tmp_path):
     from wsss.datasets import open_dataset
     from wsss.train_classifier import load_classifier, read_checkpoint, train_classifier
@@ -230,6 +231,7 @@ def test_train_resume_and_checkpoint_safety(demo_root, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- stage
+@pytest.mark.slow
 def test_cam_stage_cli_resume_checkpoint_and_sweep(demo_root, tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"
@@ -303,3 +305,35 @@ def test_cam_stage_errors(demo_root, tmp_path):
     res = runner.invoke(main, ["eval", str(tmp_path / "t" / "seeds" / "threshold"), "--dataset", str(demo_root),
                                "--sweep", "0.5:0.1:0.1"])
     assert res.exit_code == 2 and "--sweep" in res.output
+
+
+# ------------------------------------------------------------------------------------------ quality bar
+@pytest.mark.slow
+def test_demo_cam_seeds_beat_threshold_seeds(tmp_path):
+    """The demo's CAM settings (epoch-bound, no time cap) on the demo set that ``wsss demo`` generates.
+
+    Measured (bench/RESULTS.md, issue 4): CAM mIoU 48.37 at the demo's bg_threshold 0.6 vs threshold seeds 44.39 on
+    the same 60 images (same seeds: the training is deterministic on a given thread count).
+    """
+    import dataclasses
+
+    from wsss.config import ThresholdConfig
+    from wsss.datasets import make_demo_data, open_dataset
+    from wsss.stages.demo import demo_cam_config
+    from wsss.stages.runner import run_method_stage
+    from wsss.stages.seeds import SEED_METHODS
+
+    dataset = open_dataset(make_demo_data(tmp_path / "data", 60), "trainval")
+    config = dataclasses.replace(demo_cam_config(), max_minutes=None)
+    cam = run_method_stage("seeds", "cam", SEED_METHODS["cam"], config, dataset, tmp_path)
+    threshold = run_method_stage("seeds", "threshold", SEED_METHODS["threshold"], ThresholdConfig(), dataset, tmp_path)
+    assert not cam.failed and not threshold.failed
+    assert cam.quality["miou"] >= 46.0
+    assert cam.quality["miou"] >= threshold.quality["miou"] + 1.5
+    # absent classes never appear in any CAM seed mask
+    from wsss.stages.folder import StageFolder
+
+    folder = StageFolder.open(cam.stage_dir)
+    for image_id in dataset.ids:
+        labels = set(dataset.load(image_id, image=False, gt=True).image_labels)
+        assert set(np.unique(folder.mask(image_id)).tolist()) <= {0} | labels
