@@ -314,7 +314,7 @@ def _quality_table(stages: list[ReportStage]) -> str:
         sub = st.folder
         training = st.info.get("training") or {}
         if training.get("iterations_done") is not None:
-            sub += f" · {training['iterations_done']} it · val {q.get('images', '–')} img"
+            sub += f" · {training['iterations_done']} it" + (f" · val {q['images']} img" if q.get("images") else "")
         rows.append(
             f'<tr class="{"best" if miou is not None and miou == best else ""}">'
             f'<td class="stage"><b>{_esc(st.name)}</b><br><span class="muted">{_esc(sub)}</span></td>'
