@@ -213,6 +213,17 @@ def _process_one(image_id: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ runner
+def _pool_context():
+    """``fork`` while torch is not loaded (fast start); ``forkserver`` once it is: a child forked from a process
+    whose torch/OpenMP thread pools have run can deadlock on a lock held by a thread that does not exist in it."""
+    import multiprocessing
+    import sys
+
+    if "torch" in sys.modules and "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
 def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict], ImageResult],
                upstream: dict[str, StageFolder] | None = None, workers: int = 1, writes_scores: bool = False,
                overlays: int = 0, torch_threads: int | None = None, extra_info: dict | None = None,
@@ -242,7 +253,8 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
             records.append(cm_sum.take(_process_one(image_id)))
     else:
         try:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(ctx,)) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(ctx,),
+                                     mp_context=_pool_context()) as pool:
                 chunk = max(1, min(16, len(ids) // (workers * 8)))
                 try:
                     for record in tqdm(pool.map(_process_one, ids, chunksize=chunk), **bar):
