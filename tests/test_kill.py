@@ -221,7 +221,7 @@ def test_training_killed_at_random_points_resumes_to_identical_weights(tmp_path)
     from wsss.io import load_checkpoint
 
     data = make_demo_data(tmp_path / "data", 8, size=(48, 64), seed=23)
-    iterations = 10
+    iterations = 40  # long enough that a kill after 1-3 new checkpoints lands mid-training on a fast machine
 
     def cmd_for(run):
         return [*WSSS, "train", "--model", "segnet_basic", "--labels", "gt", "--dataset", str(data), "--split",

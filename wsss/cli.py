@@ -96,13 +96,13 @@ def quality_row(name: str, summary_or_scores: dict) -> str:
     q = summary_or_scores or {}
 
     def fmt(x):
-        return "   -  " if x is None else f"{x:6.2f}"
+        return "     -  " if x is None else f"{x:8.2f}"
 
     return (f"{name:<28} {fmt(q.get('miou'))}  {fmt(q.get('labelled_miou'))}  {fmt(q.get('coverage'))}  "
             f"{fmt(q.get('mean_precision'))}  {fmt(q.get('mean_recall'))}")
 
 
-QUALITY_HEADER = f"{'stage':<28} {'mIoU':>6}  {'lab.mIoU':>8}{'cover%':>6}  {'prec':>6}  {'recall':>6}"
+QUALITY_HEADER = f"{'stage':<28} {'mIoU':>8}  {'labelled':>8}  {'cover%':>8}  {'prec':>8}  {'recall':>8}"
 
 
 def finish_stage(summary) -> None:

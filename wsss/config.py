@@ -346,4 +346,7 @@ class PredictConfig:
                                                "e.g. 0.5,0.75,1.0,1.25")
     flip: bool = option(False, "also average the mirrored image")
     write_scores: bool = option(True, "write scores/<id>.npz (K, H, W) class probabilities")
+    crf: bool = option(False, "refine the mask with the dense CRF of 'wsss refine' (wsss.crf) over the classes "
+                              "the network predicts in the image; scores/ keep the network's probabilities")
+    crf_preset: str = option("deeplab", "CRF pairwise parameters (see wsss refine)", ("deeplab", "psa"))
     bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16)", ("auto", "on", "off"))

@@ -46,6 +46,10 @@ class BoxSupRoundJob:
     def needs_image(self) -> bool:
         return self.checkpoint is not None
 
+    @property
+    def uses_torch(self) -> bool:
+        return self.checkpoint is not None
+
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         from ..label.boxsup import image_rng, initial_selection, labels_from_selection, update_selection
 

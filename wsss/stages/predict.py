@@ -45,6 +45,7 @@ class PredictJob:
     device: str
     bf16: bool
     needs_image = True
+    uses_torch = True
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         from ..models.inference import segment

@@ -213,13 +213,14 @@ def _process_one(image_id: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ runner
-def _pool_context():
-    """``fork`` while torch is not loaded (fast start); ``forkserver`` once it is: a child forked from a process
-    whose torch/OpenMP thread pools have run can deadlock on a lock held by a thread that does not exist in it."""
+def _pool_context(job):
+    """``forkserver`` for jobs that run torch in the worker (``job.uses_torch``) once torch is loaded here: a child
+    forked from a process whose torch/OpenMP thread pools have run can deadlock on a lock held by a thread that does
+    not exist in the child. Other jobs keep ``fork`` (fast start, no re-import)."""
     import multiprocessing
     import sys
 
-    if "torch" in sys.modules and "forkserver" in multiprocessing.get_all_start_methods():
+    if getattr(job, "uses_torch", False) and "torch" in sys.modules and "forkserver" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("forkserver")
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
@@ -254,7 +255,7 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
     else:
         try:
             with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(ctx,),
-                                     mp_context=_pool_context()) as pool:
+                                     mp_context=_pool_context(job)) as pool:
                 chunk = max(1, min(16, len(ids) // (workers * 8)))
                 try:
                     for record in tqdm(pool.map(_process_one, ids, chunksize=chunk), **bar):

@@ -187,6 +187,7 @@ class SaliencyJob:
     config: SaliencyConfig
     threads: int | None = None
     needs_image = True
+    uses_torch = True
 
     def net(self):
         key = (self.checkpoint, os.path.getmtime(self.checkpoint))

@@ -81,6 +81,7 @@ class CamJob:
     num_classes: int
     threads: int | None = None
     needs_image = True
+    uses_torch = True
 
     def model(self):
         import os
