@@ -18,7 +18,8 @@ import torch
 from torch.nn import functional as F
 
 from wsss.models.classifier import build_classifier
-from wsss.seeds.cam import DEFAULT_SCALES, multiscale_cam, prepare_for_inference, scaled_size
+from wsss.seeds.cam import DEFAULT_SCALES, cam_seed_mask, cam_uses_bf16, multiscale_cam, prepare_for_inference, \
+    scaled_size
 
 
 def naive_cam(model, image, labels, scales=DEFAULT_SCALES):
@@ -73,8 +74,11 @@ def main() -> None:
         ("flip batched + BN folded + bf16", dict(fold_bn=True, channels_last=False, bf16=True)),
         ("flip batched + BN folded + cl + bf16", dict(fold_bn=True, channels_last=True, bf16=True)),
     ]
-    if args.only_default:  # the settings `wsss seeds --method cam` uses on a CPU
-        variants = [v for v in variants if v[0] == "flip batched + BN folded + channels_last"]
+    # the settings `wsss seeds --method cam` uses on this CPU (channels_last on; --precision auto)
+    default_bf16 = cam_uses_bf16("auto", torch.device("cpu"))
+    default = next(name for name, o in variants if o["channels_last"] and o["fold_bn"] and o["bf16"] == default_bf16)
+    if args.only_default:
+        variants = [v for v in variants if v[0] == default]
 
     def make(opts):
         fast = prepare_for_inference(model, channels_last=opts["channels_last"], fold_bn=opts["fold_bn"])
@@ -96,11 +100,27 @@ def main() -> None:
     ref_ips = len(images) / best[ref_name]
     print(f"backbone {args.backbone}, {args.images} images {h}x{w}, scales {DEFAULT_SCALES} + flip, "
           f"{torch.get_num_threads()} threads, best of {args.repeats} round-robin passes")
-    print(f"{'variant':<44} {'img/s':>7} {'ratio':>6} {'max|diff|':>9}")
+    # what rounding does to the seeds: the share of pixels whose dense seed label (bg threshold 0.15, the CLI
+    # default, and 0.6, the demo's) differs from the reference's
+    thresholds = (0.15, 0.6)
+
+    def seeds(cams, lab):
+        ids = np.array(sorted(lab), np.int64)
+        return [cam_seed_mask(cams, ids, bg_threshold=t) for t in thresholds]
+
+    ref_seeds = [seeds(c, lab) for c, lab in zip(outputs[ref_name], labels)]
+    print(f"{'variant':<44} {'img/s':>7} {'ratio':>6} {'max|diff|':>9} "
+          + " ".join(f"{'seeds@' + str(t) + ' diff%':>15}" for t in thresholds))
     for name, _ in runs:
         ips = len(images) / best[name]
         diff = max(float(np.abs(a - b).max()) for a, b in zip(outputs[name], outputs[ref_name]))
-        print(f"{name:<44} {ips:7.3f} {ips / ref_ips:6.2f} {diff:9.4f}")
+        changed = []
+        for k in range(len(thresholds)):
+            n = sum(int((seeds(c, lab)[k] != r[k]).sum()) for c, lab, r in zip(outputs[name], labels, ref_seeds))
+            changed.append(100.0 * n / (len(images) * h * w))
+        mark = "  <- default here" if name == default else ""
+        print(f"{name:<44} {ips:7.3f} {ips / ref_ips:6.2f} {diff:9.4f} "
+              + " ".join(f"{c:15.3f}" for c in changed) + mark)
 
 
 if __name__ == "__main__":

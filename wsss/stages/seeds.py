@@ -105,10 +105,10 @@ class CamJob:
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         import numpy as np
 
-        from ..seeds.cam import cam_seed_mask, multiscale_cam
+        from ..seeds.cam import cam_seed_mask, cam_uses_bf16, multiscale_cam
 
         model, device = self.model()
-        bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and device.type == "cuda")
+        bf16 = cam_uses_bf16(self.config.precision, device)
         cams, class_ids = multiscale_cam(model, sample.image, sample.image_labels, scales=self.config.scales,
                                          flip=self.config.flip, bf16=bf16, channels_last=self.config.channels_last)
         cams = cams.astype(np.float16).astype(np.float32)  # as stored: the kept scores reproduce the mask exactly
