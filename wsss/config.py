@@ -171,8 +171,9 @@ class CamConfig:
                                        "--fg-threshold, below this is background")
     fg_threshold: typing.Optional[float] = option(
         None, "normalised CAM above this takes the arg-max class; between bg and fg is 255 (default: dense map)")
-    precision: str = option("auto", "CAM inference precision (auto: bf16 autocast on CUDA and on a CPU with native "
-                                    "bf16, as bench/bench_cam.py measured faster; fp32 elsewhere)",
+    precision: str = option("auto", "classifier training and CAM inference precision (auto: bf16 autocast on CUDA "
+                                    "and on a CPU with native bf16, as bench/bench_cam.py measured faster; fp32 "
+                                    "elsewhere)",
                             ("auto", "fp32", "bf16"))
     channels_last: bool = option(True, "channels_last memory format (measured faster on CPU)")
     device: str = option("auto", "torch device (auto: cuda when available)", ("auto", "cpu", "cuda"))

@@ -47,7 +47,7 @@ class TagDataset(torch.utils.data.Dataset):
     def __init__(self, dataset: Dataset, ids: list[str], config: CamConfig):
         from torchvision.transforms import v2
 
-        from .models.classifier import IMAGENET_MEAN, IMAGENET_STD
+        from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
         if len(config.resize_long) != 2 or config.resize_long[0] > config.resize_long[1]:
             raise ConfigError(f"resize_long {config.resize_long}: give MIN,MAX pixels with MIN <= MAX")
@@ -149,6 +149,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     from tqdm import tqdm
 
     from .models.classifier import build_classifier
+    from .seeds.cam import bf16_autocast, cam_uses_bf16
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +178,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    bf16 = cam_uses_bf16(config.precision, device)  # --precision applies to training and inference alike
     data = TagDataset(dataset, ids, config)
     batch = min(config.batch_size, len(data))
     steps_per_epoch = len(data) // batch
@@ -214,7 +216,9 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
             images = images.to(device, non_blocking=True)
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            loss = F.multilabel_soft_margin_loss(model(images), targets.to(device))
+            with bf16_autocast(device, bf16):
+                logits = model(images)
+            loss = F.multilabel_soft_margin_loss(logits.float(), targets.to(device))
             if not torch.isfinite(loss):
                 raise WsssError(f"classifier loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
             optimizer.zero_grad(set_to_none=True)

@@ -72,7 +72,8 @@ def cam_uses_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cuda" or cpu_has_bf16()
 
 
-def _autocast(device: torch.device, bf16: bool):
+def bf16_autocast(device: torch.device, bf16: bool):
+    """bfloat16 autocast on ``device`` when ``bf16``, else a no-op context."""
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -118,7 +119,7 @@ def multiscale_cam(model: nn.Module, image: np.ndarray, image_labels, *, scales=
                 xs = torch.cat([xs, xs.flip(-1)], dim=0)
             if channels_last:
                 xs = xs.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, bf16):
+            with bf16_autocast(device, bf16):
                 cam = model.cam(model.features(xs), index)
             cam = F.relu(cam.float())
             if flip:

@@ -1,0 +1,75 @@
+"""CAM classifier training throughput: the settings ``wsss seeds --method cam`` trains with against a naive loop.
+
+Reference (named ``naive``): the same classifier (same seed and backbone), fp32, contiguous layout. The other
+variant uses what :func:`wsss.train_classifier.train_classifier` picks on this machine: channels_last, and bf16
+autocast where ``--precision auto`` turns it on (CUDA, or a CPU with native bf16). One process holds both models
+and alternates one step of each on the same random batch, swapping the order every step, so that a change of the
+machine's load hits both alike; medians of wall time and process CPU time per step, first step left out.
+
+    nice -n 10 python bench/bench_cam_train.py --backbone resnet18 --crop 224 --batch 16 --steps 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from wsss.models.classifier import build_classifier
+from wsss.seeds.cam import bf16_autocast, cam_uses_bf16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (after one warm-up step)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    base = build_classifier(num_classes=20, backbone=args.backbone)
+    bf16 = cam_uses_bf16("auto", device)
+    variants = {"naive (fp32, contiguous)": (copy.deepcopy(base), False, False),
+                f"wsss (channels_last{', bf16' if bf16 else ''})":
+                    (copy.deepcopy(base).to(memory_format=torch.channels_last), True, bf16)}
+    opts = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for name, (m, _, _) in variants.items()}
+    wall = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    gen = torch.Generator().manual_seed(0)
+    names = list(variants)
+    for step in range(args.steps + 1):
+        images = torch.randn(args.batch, 3, args.crop, args.crop, generator=gen)
+        targets = (torch.rand(args.batch, 20, generator=gen) < 0.1).float()
+        for name in (names if step % 2 == 0 else names[::-1]):
+            model, channels_last, use_bf16 = variants[name]
+            model.train()
+            x = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+            t0, c0 = time.perf_counter(), time.process_time()
+            with bf16_autocast(device, use_bf16):
+                logits = model(x)
+            loss = F.multilabel_soft_margin_loss(logits.float(), targets)
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[name].step()
+            if step:  # the first step builds oneDNN primitives
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    ref = names[0]
+    print(f"classifier {args.backbone}, batch {args.batch}, crop {args.crop}, {args.steps} timed steps each, "
+          f"{torch.get_num_threads()} threads, interleaved")
+    print(f"{'variant':<32} {'img/s':>8} {'s/step':>8} {'CPU s/step':>11} {'ratio':>6}")
+    for name in names:
+        w = statistics.median(wall[name])
+        print(f"{name:<32} {args.batch / w:8.2f} {w:8.3f} {statistics.median(cpu[name]):11.3f} "
+              f"{statistics.median(wall[ref]) / w:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
