@@ -442,6 +442,10 @@ def train(model_name, labels, dataset_path, split, val_split, run_dir, device, s
           **options):
     """Train a segmentation model on a mask stage folder (pseudo masks, seeds or GT) into RUN/train/MODEL/.
 
+    Every pair is checked before training (image decodes, mask has its size and values in 0..K-1/255, mask
+    present); bad pairs are left out, listed in stage.json and named on stderr, training runs on the rest and the
+    command exits 1. No usable pair at all: exit 2 before training.
+
     Re-running the same command resumes from checkpoint.pt with the same schedule. Several processes:
     torchrun --nproc-per-node N -m wsss -- train ... (DDP; gloo on CPU, nccl on GPU; the "--" stops torchrun from
     reading --run as its own --run-path).
@@ -468,6 +472,14 @@ def train(model_name, labels, dataset_path, split, val_split, run_dir, device, s
     if s.validation:
         click.echo(f"val mIoU {s.validation['miou']:.2f}  pixel acc. {s.validation['pixel_accuracy']:.2f}  "
                    f"({s.validation['images']} images of split {val_split})")
+    if s.failed:  # bad pairs were left out and training ran on the rest: say so and exit 1, as finish_stage does
+        click.echo(f"{len(s.failed)} training pair(s) left out (all listed in {s.stage_dir / 'stage.json'}):",
+                   err=True)
+        for image_id, why in s.failed[:10]:
+            click.echo(f"  {image_id}: {why}", err=True)
+        if len(s.failed) > 10:
+            click.echo(f"  ... and {len(s.failed) - 10} more", err=True)
+        sys.exit(1)
 
 
 @main.command()

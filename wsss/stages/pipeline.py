@@ -72,7 +72,7 @@ def _run_step(rs: ResolvedStep, dataset: Dataset, run_dir: Path, upstream: dict[
         labels = str(upstream["labels"]) if "labels" in upstream else "gt"
         summary = run_train(method, rs.config, dataset, run_dir, labels=labels, val_dataset=val, overwrite=overwrite)
         trained = summary.iterations - summary.start_iteration
-        return summary.stage_dir, trained, summary.start_iteration, [], summary.validation
+        return summary.stage_dir, trained, summary.start_iteration, list(summary.failed), summary.validation
     if stage == "predict":
         from .predict import run_predict
 

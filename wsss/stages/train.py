@@ -3,13 +3,21 @@
 
 The training loop itself is :func:`wsss.train.train_model`; this runner resolves the inputs, prepares the stage
 folder (config hash, refusal of a folder made with another config), builds the model and records the outcome.
+
+Bad pairs (unreadable or truncated image, mask of another size, mask values outside ``{0..K-1, 255}``, no mask in
+the source, duplicate or unsafe ids) are found before the first iteration (:class:`wsss.pairs.MaskPairs`), left out
+with an error naming the file and the fix, listed in ``stage.json`` (``failures``, ``counts``; status
+``complete_with_failures``), and training runs on the rest; ``wsss train`` then exits 1 with a summary, as the
+per-image stages do. A split with no usable pair at all is a :class:`~wsss.errors.DatasetError` (exit 2) before
+anything is trained. ``pairs_checked.json`` caches each pair's check (keyed by file size and mtime).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TrainConfig, config_to_dict
@@ -33,6 +41,7 @@ class TrainSummary:
     validation: dict | None
     stopped_early: bool
     speed: dict
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image id, reason) of the pairs left out
 
 
 def resolve_labels(labels: str, run_dir: Path) -> StageFolder | None:
@@ -57,7 +66,7 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     import torch
 
     from ..models import MODELS, build_model
-    from ..pairs import MaskPairs
+    from ..pairs import CHECK_CACHE, MaskPairs
     from ..train import CHECKPOINT, dist_env, load_checkpoint, pick_device, resolve_speed, train_model
 
     if model_name not in MODELS:
@@ -73,8 +82,15 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     upstream = {"labels": folder} if folder is not None else {}
     digest = prepare_stage_dir(stage_dir, stage="train", method=model_name, config=config, dataset=dataset,
                                upstream=upstream, overwrite=overwrite)
+    rank = dist_env()[0]
     pairs = MaskPairs(dataset, folder, crop_size=config.crop_size,
-                      scale_range=(config.scale_min, config.scale_max), flip=config.flip)
+                      scale_range=(config.scale_min, config.scale_max), flip=config.flip,
+                      check_cache=stage_dir / CHECK_CACHE if rank == 0 else None,
+                      check_threads=max(1, config.loader_workers), progress=progress and rank == 0)
+    failed = list(pairs.failures)
+    if rank == 0:
+        record_pair_failures(stage_dir, len(pairs), failed)
+    pairs_digest = hashlib.sha1("\n".join(pairs.ids).encode()).hexdigest()[:16]
     dev = pick_device(device)
     ckpt = stage_dir / CHECKPOINT
     speed = {"channels_last": resolve_speed(config.channels_last, dev, "channels_last"),
@@ -82,12 +98,17 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     if ckpt.exists():  # a resumed run keeps the numerics it started with
         old = load_checkpoint(ckpt)["meta"]
         speed = {k: bool(old.get("speed", {}).get(k, v)) for k, v in speed.items()}
+        if old.get("pairs_digest") not in (None, pairs_digest):
+            log.warning("%s: the usable training pairs differ from those this checkpoint was trained on (files "
+                        "fixed, added or damaged since); training continues, but the sample order is no longer "
+                        "that of an uninterrupted run", ckpt)
     torch.manual_seed(config.seed)
     model = build_model(model_name, num_classes=dataset.num_classes, backbone=config.backbone,
                         weights=config.weights)
     meta = {"model": model_name, "backbone": config.backbone, "num_classes": dataset.num_classes,
             "classes": list(dataset.classes), "palette_name": dataset.palette_name, "speed": speed,
-            "config_hash": digest, "config": config_to_dict(config)}
+            "config_hash": digest, "config": config_to_dict(config), "pairs_digest": pairs_digest,
+            "train_images": len(pairs)}
     val_ids = [i for i in val_dataset.ids if val_dataset.gt_path(i) is not None] if val_dataset is not None else []
     if val_dataset is not None and not val_ids:
         raise StageError(f"{val_dataset.root}: split {val_dataset.split!r} has no GT masks to validate on; "
@@ -101,10 +122,10 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
         val_every=config.val_every, val_dataset=val_dataset if val_ids else None, val_ids=val_ids,
         stop_at=stop_at, meta=meta, progress=progress,
     )
-    if dist_env()[0] == 0:
+    if rank == 0:
         info = read_json(stage_dir / "stage.json")
         info.update({
-            "status": "stopped" if result.stopped_early else "complete",
+            "status": "stopped" if result.stopped_early else "complete_with_failures" if failed else "complete",
             "training": {"iterations_done": result.iterations, "iterations": config.iterations,
                          "resumed_from": result.start_iteration, "train_images": len(pairs),
                          "labels": "gt" if folder is None else str(folder.path),
@@ -118,5 +139,19 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
         })
         write_json(stage_dir / "stage.json", info)
     return TrainSummary(stage_dir, result.checkpoint, result.iterations, result.start_iteration, result.seconds,
-                        result.images_per_second, result.validation, result.stopped_early, result.speed)
+                        result.images_per_second, result.validation, result.stopped_early, result.speed, failed)
+
+
+def record_pair_failures(stage_dir: Path, usable: int, failed: list[tuple[str, str]]) -> None:
+    """Write the check's outcome into ``stage.json`` before training starts (``counts`` and ``failures`` in the
+    shape of the per-image stages), so a killed or stopped run lists them too; log each failure."""
+    info = read_json(stage_dir / "stage.json")
+    info.update({"counts": {"images": usable + len(failed), "ok": usable, "failed": len(failed)},
+                 "failures": [{"image_id": i, "reason": why} for i, why in failed]})
+    write_json(stage_dir / "stage.json", info)
+    for image_id, why in failed[:10]:
+        log.warning("training pair left out: %s: %s", image_id, why)
+    if len(failed) > 10:
+        log.warning("... and %d more training pairs left out (all listed in %s)", len(failed) - 10,
+                    stage_dir / "stage.json")
 
