@@ -165,7 +165,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     torch.manual_seed(config.seed)
     model = build_classifier(num_classes=num_classes, backbone=config.backbone, weights=config.weights)
     optimizer = _make_optimizer(model, config)
-    start_epoch, train_seconds = 0, 0.0
+    start_epoch, train_seconds, log_rows = 0, 0.0, []
     if ckpt_path.exists():
         state = read_checkpoint(ckpt_path)
         if state.get("complete"):
@@ -174,6 +174,9 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
+        log_rows = list(state.get("log", []))
+        if "rng" in state:  # the augmentation draws from torch's global RNG: continue its stream (exact resume)
+            torch.set_rng_state(state["rng"])
         log.info("%s: resuming after epoch %d", ckpt_path, start_epoch)
     model = model.to(device)
     if config.channels_last:
@@ -187,8 +190,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     meta = {"backbone": config.backbone, "num_classes": num_classes, "classes": list(dataset.classes),
             "config": config_to_dict(config), "train_ids": len(ids)}
     log_path = out_dir / TRAIN_LOG
-    if not log_path.exists() or start_epoch == 0:
-        write_bytes(log_path, LOG_HEADER.encode())
+    write_bytes(log_path, (LOG_HEADER + "".join(log_rows)).encode())  # the rows up to the checkpoint resumed from
     if budget is not None and budget <= 0:
         raise ConfigError(f"max_minutes {config.max_minutes}: give a positive training budget")
     for epoch in range(start_epoch, config.epochs):
@@ -232,13 +234,15 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
         epoch_seconds = time.perf_counter() - t_epoch
         train_seconds += epoch_seconds
         finished = epoch + 1 >= config.epochs or (budget is not None and train_seconds >= budget)
-        _atomic_torch_save({"model": {k: v.contiguous() for k, v in model.state_dict().items()},
-                            "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                            "train_seconds": train_seconds, "complete": finished, "meta": meta}, ckpt_path)
         row = (f"{epoch + 1},{len(losses)},{seen},{np.mean(losses) if losses else math.nan:.5f},{lr:.6f},"
                f"{seen / max(epoch_seconds, 1e-9):.3f},{epoch_seconds:.2f},{train_seconds:.2f}\n")
-        with open(log_path, "a") as fh:
-            fh.write(row)
+        log_rows.append(row)
+        # the RNG state and the log rows travel in the checkpoint, so a resume continues both exactly
+        _atomic_torch_save({"model": {k: v.contiguous() for k, v in model.state_dict().items()},
+                            "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                            "train_seconds": train_seconds, "complete": finished, "meta": meta,
+                            "rng": torch.get_rng_state(), "log": log_rows}, ckpt_path)
+        write_bytes(log_path, (LOG_HEADER + "".join(log_rows)).encode())
         log.info("epoch %d: loss %.4f, %.1f img/s", epoch + 1, np.mean(losses) if losses else math.nan,
                  seen / max(epoch_seconds, 1e-9))
         if finished:
