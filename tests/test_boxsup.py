@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from wsss.label.boxsup import (box_iou, candidate_costs, image_rng, initial_selection, labels_from_selection,
-                               select_candidates, update_selection)
+from wsss.label.boxsup import (NO_CANDIDATE, best_box_fit, box_iou, candidate_costs, image_rng, initial_selection,
+                               labels_from_selection, select_candidates, update_selection)
 from wsss.label.candidates import Candidates, candidates_from_masks, generate_candidates
 
 
@@ -83,6 +85,62 @@ def test_overlap_rule_smaller_candidate_wins_and_clip_to_box():
     assert (unclipped[big] == 1).all()
 
 
+def test_min_fit_leaves_an_unfitted_box_to_box_fill_or_255():
+    obj = _rect(SHAPE, 10, 8, 30, 28)          # fits box A exactly
+    sliver = _rect(SHAPE, 36, 5, 40, 35)       # best candidate for box B [34, 5, 48, 35]: box IoU 4/14
+    cands = candidates_from_masks([obj, sliver])
+    boxes = np.array([[3, 10, 8, 30, 28], [1, 34, 5, 48, 35]])
+    assert best_box_fit(cands, boxes) == pytest.approx([1.0, 4 / 14])
+    assert initial_selection(cands, boxes).tolist() == [0, 1]
+    sel = initial_selection(cands, boxes, min_fit=0.5)
+    assert sel.tolist() == [0, NO_CANDIDATE]
+    filled = labels_from_selection(cands, boxes, sel)                       # poor_fit="fill": box fill
+    expect = np.zeros(SHAPE, np.uint8)
+    expect[obj] = 3
+    expect[5:35, 34:48] = 1
+    np.testing.assert_array_equal(filled, expect)
+    ignored = labels_from_selection(cands, boxes, sel, poor_fit="ignore")
+    expect[5:35, 34:48] = 255
+    np.testing.assert_array_equal(ignored, expect)
+    # the update keeps an unfitted box unfitted whatever the network says
+    probs = _one_hot_probs(filled, 4)
+    upd, cost = update_selection(cands, boxes, probs, top_k=1, rng=np.random.default_rng(0), min_fit=0.5)
+    assert upd.tolist() == [0, NO_CANDIDATE] and np.isnan(cost[1]) and cost[0] < 0.05
+    with pytest.raises(ValueError, match="poor_fit"):
+        labels_from_selection(cands, boxes, sel, poor_fit="grabcut")
+
+
+def test_box_rest_ignore_marks_box_pixels_outside_every_candidate():
+    big = _rect(SHAPE, 0, 0, 30, 30)
+    person = _rect(SHAPE, 12, 12, 18, 20)      # the small box's candidate covers part of its box [10, 10, 20, 20]
+    cands = candidates_from_masks([big, person])
+    boxes = np.array([[1, 0, 0, 30, 30], [2, 10, 10, 20, 20]])
+    labels = labels_from_selection(cands, boxes, [0, 1], box_rest="ignore")
+    # candidates win over 255: the big candidate keeps the small box's pixels outside the small candidate
+    assert (labels[person] == 2).all() and (labels[big & ~person] == 1).all() and (labels[~big] == 0).all()
+    half = _rect(SHAPE, 0, 0, 30, 15)
+    cands2 = candidates_from_masks([half])
+    only = labels_from_selection(cands2, np.array([[1, 0, 0, 30, 30]]), [0], box_rest="ignore")
+    assert (only[half] == 1).all() and (only[15:30, 0:30] == 255).all() and (only[:, 30:] == 0).all()
+    assert set(np.unique(labels_from_selection(cands2, np.array([[1, 0, 0, 30, 30]]), [0])).tolist()) == {0, 1}
+
+
+def test_round_settings_hash_only_what_a_round_depends_on():
+    from wsss.config import BoxSupConfig
+    from wsss.stages.boxsup import round_settings
+
+    base = BoxSupConfig()
+    other_update = dataclasses.replace(base, boxsup_lambda=0.3, top_k=1, boxsup_rounds=5)
+    other_initial = dataclasses.replace(base, min_fit=0.6)
+    assert round_settings(base, 0, labels=True) == round_settings(other_update, 0, labels=True)
+    assert round_settings(base, 1, labels=False) == round_settings(other_update, 1, labels=False)
+    assert round_settings(base, 1, labels=True) != round_settings(other_update, 1, labels=True)
+    assert round_settings(base, 2, labels=False) != round_settings(other_update, 2, labels=False)
+    assert round_settings(base, 0, labels=True) != round_settings(other_initial, 0, labels=True)
+    assert round_settings(base, 1, labels=False) != round_settings(other_initial, 1, labels=False)
+    assert "boxsup_rounds" not in round_settings(base, 2, labels=True)
+
+
 def _one_hot_probs(labels, k, eps=1e-3):
     probs = np.full((k, *labels.shape), eps, np.float32)
     for c in range(k):
@@ -110,6 +168,26 @@ def test_round_with_perfect_network_selects_its_candidate():
     assert sel0.tolist() == [0]
     # the labels of the round are exactly the disc
     np.testing.assert_array_equal(labels_from_selection(cands, box, sel), target)
+
+
+def test_keep_margin_moves_a_box_only_for_a_clearly_cheaper_candidate():
+    box = np.array([[2, 10, 8, 30, 28]])
+    frame = _rect(SHAPE, 10, 8, 30, 28) & ~_rect(SHAPE, 12, 10, 28, 26)
+    disc = _disc(SHAPE, 20, 18, 9)
+    cands = candidates_from_masks([frame, disc])
+    target = np.zeros(SHAPE, np.uint8)
+    target[disc] = 2
+    probs = _one_hot_probs(target, 3)
+    costs = candidate_costs(cands, box[0], probs, lam=1.0)
+    gain = costs[0] - costs[1]
+    assert gain > 1
+    rng = np.random.default_rng(0)
+    kept, cost = update_selection(cands, box, probs, top_k=1, rng=rng, previous=[0], margin=gain + 0.01)
+    assert kept.tolist() == [0] and cost[0] == pytest.approx(costs[0])
+    moved, _ = update_selection(cands, box, probs, top_k=1, rng=rng, previous=[0], margin=gain - 0.01)
+    assert moved.tolist() == [1]
+    plain, _ = update_selection(cands, box, probs, top_k=1, rng=rng, previous=[0], margin=0.0)
+    assert plain.tolist() == [1]
 
 
 def test_balanced_cost_resists_a_background_leaning_network():
@@ -310,6 +388,26 @@ def test_boxsup_rounds_write_evaluable_folders_and_resume(demo_root, tmp_path):
         np.testing.assert_array_equal(redone.mask(i), before[i])
 
 
+@pytest.mark.slow
+def test_adding_a_round_or_changing_the_update_reuses_round_one_and_warm_starts(demo_root, tmp_path):
+    from wsss.datasets import open_dataset
+    from wsss.stages.boxsup import run_boxsup_rounds
+    from wsss.train import load_checkpoint
+
+    ds = open_dataset(demo_root, "train")
+    run_boxsup_rounds(_tiny_boxsup(), ds, tmp_path)
+    ckpt1 = tmp_path / "train" / "boxsup_r1" / "checkpoint.pt"
+    mtime = ckpt1.stat().st_mtime
+    records = run_boxsup_rounds(_tiny_boxsup(boxsup_rounds=2, boxsup_lambda=0.5, keep_margin=0.1), ds, tmp_path)
+    assert [r["round"] for r in records] == [0, 1, 2]
+    assert ckpt1.stat().st_mtime == mtime                      # round 1's network is not retrained
+    meta = load_checkpoint(tmp_path / "train" / "boxsup_r2" / "checkpoint.pt")["meta"]
+    assert meta["warm_start_from"] == str(ckpt1)
+    # an initial-selection setting changes round 0, so round 1 is trained again
+    run_boxsup_rounds(_tiny_boxsup(min_fit=0.2), ds, tmp_path)
+    assert ckpt1.stat().st_mtime != mtime
+
+
 def test_boxsup_bad_config_is_refused(demo_root, tmp_path):
     from wsss.datasets import open_dataset
     from wsss.errors import ConfigError
@@ -322,6 +420,8 @@ def test_boxsup_bad_config_is_refused(demo_root, tmp_path):
         run_boxsup_rounds(_tiny_boxsup(top_k=0), ds, tmp_path)
     with pytest.raises(ConfigError, match="--predict-scales"):
         run_boxsup_rounds(_tiny_boxsup(predict_scales=(0.0,)), ds, tmp_path)
+    with pytest.raises(ConfigError, match="--min-fit"):
+        run_boxsup_rounds(_tiny_boxsup(min_fit=1.5), ds, tmp_path)
 
 
 def test_cli_candidates_command(demo_root, tmp_path):

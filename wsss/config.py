@@ -59,12 +59,22 @@ class BoxSupConfig:
 
     boxsup_rounds: int = option(2, "network rounds after the initial selection (0: initial labels only)")
     boxsup_lambda: float = option(1.0, "weight of the network's cross-entropy in the candidate cost")
-    tie_tolerance: float = option(0.05, "initial selection: among candidates within this of the best box IoU, "
+    tie_tolerance: float = option(0.1, "initial selection: among candidates within this of the best box IoU, "
                                         "take the largest (0: plain arg-max)")
     top_k: int = option(5, "draw the new candidate at random among the k lowest-cost ones (1: the best)")
     balanced_ce: bool = option(False, "not in the paper: average the foreground and background pixels' mean "
                                       "cross-entropies (robust to a network leaning to background)")
+    keep_margin: float = option(0.0, "not in the paper: a box keeps its initial candidate unless the re-selected "
+                                     "one costs at least this much less (0: the paper's update)")
     clip_to_box: bool = option(True, "candidate pixels outside their box stay background")
+    min_fit: float = option(0.7, "a box whose best candidate reaches a box IoU below this has no fitting "
+                                 "candidate: it becomes --poor-fit in every round (0: always a candidate)")
+    poor_fit: str = option("fill", "a box without a fitting candidate: fill = painted whole with its class (box "
+                                   "fill), ignore = 255", ("fill", "ignore"))
+    box_rest: str = option("background", "pixels inside a box but in no selected candidate: background, or "
+                                         "ignore (255)", ("background", "ignore"))
+    warm_start: bool = option(True, "round r >= 2 starts from round r-1's network (one training with periodic "
+                                    "label updates, as in the paper) instead of the initial weights")
     boxsup_seed: int = option(0, "seed of the top-k draws and of the training runs")
     candidates: typing.Optional[str] = option(None, "candidates stage folder (default: RUN/candidates/selective, "
                                                     "made with default settings when missing)")

@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..labels import BACKGROUND
+from ..labels import BACKGROUND, IGNORE
 from .candidates import Candidates
 
 PROB_FLOOR = 1e-6  # probabilities are clipped here before the log, so a confident mistake costs at most ~13.8
+NO_CANDIDATE = -1  # selection of a box that no candidate fits (best box IoU below min_fit)
+POOR_FIT = ("fill", "ignore")  # what a box without a fitting candidate becomes: box fill, or 255
+BOX_REST = ("background", "ignore")  # box pixels outside every selected candidate: background, or 255
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -66,36 +69,67 @@ def _check_boxes(boxes, shape: tuple[int, int] | None = None) -> np.ndarray:
     return boxes
 
 
-def initial_selection(candidates: Candidates, boxes, *, tie_tolerance: float = 0.05) -> np.ndarray:
+def best_box_fit(candidates: Candidates, boxes) -> np.ndarray:
+    """(N,) float64: for each box the highest box IoU any candidate reaches (how well the candidates can fit it)."""
+    boxes = _check_boxes(boxes, candidates.shape)
+    if len(boxes) == 0 or len(candidates) == 0:
+        return np.zeros(len(boxes))
+    return box_iou(boxes[:, 1:], candidates.boxes).max(1)
+
+
+def initial_selection(candidates: Candidates, boxes, *, tie_tolerance: float = 0.05,
+                      min_fit: float = 0.0) -> np.ndarray:
     """(N,) int64: for each box (N, 5) ``[class, x0, y0, x1, y1]`` the candidate whose box matches it best; among
-    candidates within ``tie_tolerance`` of the best box IoU, the largest (then the lowest index)."""
+    candidates within ``tie_tolerance`` of the best box IoU, the largest (then the lowest index). A box whose best
+    box IoU is below ``min_fit`` gets ``NO_CANDIDATE`` (-1): no candidate fits it (see :func:`labels_from_selection`)."""
     boxes = _check_boxes(boxes, candidates.shape)
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
     if len(candidates) == 0:
         raise ValueError("no candidates to select from")
     iou = box_iou(boxes[:, 1:], candidates.boxes)
-    near = iou >= iou.max(1, keepdims=True) - tie_tolerance - 1e-12
-    return np.where(near, candidates.areas[None, :], -1).argmax(1).astype(np.int64)
+    best = iou.max(1, keepdims=True)
+    near = iou >= best - tie_tolerance - 1e-12
+    selection = np.where(near, candidates.areas[None, :], -1).argmax(1).astype(np.int64)
+    return np.where(best[:, 0] < min_fit, NO_CANDIDATE, selection)
 
 
-def labels_from_selection(candidates: Candidates, boxes, selection, *, clip_to_box: bool = True) -> np.ndarray:
-    """(H, W) uint8 labels: selected candidate ``selection[i]`` takes the class of box ``i`` (rules: module doc)."""
+def labels_from_selection(candidates: Candidates, boxes, selection, *, clip_to_box: bool = True,
+                          poor_fit: str = "fill", box_rest: str = "background") -> np.ndarray:
+    """(H, W) uint8 labels: selected candidate ``selection[i]`` takes the class of box ``i`` (rules: module doc).
+
+    ``selection[i] == NO_CANDIDATE`` (-1): box ``i`` is painted whole with its class (``poor_fit="fill"``, as box
+    fill) or left 255 (``"ignore"``). ``box_rest="ignore"``: pixels inside some box but in no selected candidate (nor
+    filled box) are 255 instead of background."""
     boxes = _check_boxes(boxes, candidates.shape)
     selection = np.asarray(selection, np.int64).reshape(-1)
     if len(selection) != len(boxes):
         raise ValueError(f"{len(selection)} selected candidates for {len(boxes)} boxes")
+    if poor_fit not in POOR_FIT or box_rest not in BOX_REST:
+        raise ValueError(f"poor_fit must be one of {POOR_FIT} and box_rest one of {BOX_REST}")
     h, w = candidates.shape
     out = np.full((h, w), BACKGROUND, np.uint8)
-    areas = []
-    for (_, x0, y0, x1, y1), m in zip(boxes.tolist(), selection.tolist()):
-        areas.append(candidates.areas[m] if not clip_to_box else
-                     int(candidates.mask(m)[y0:y1, x0:x1].sum()))
-    for i in sorted(range(len(boxes)), key=lambda k: -areas[k]):  # stable: equal areas -> later box on top
-        cls, x0, y0, x1, y1 = boxes[i].tolist()
-        mask = candidates.mask(int(selection[i]))
+    if box_rest == "ignore":
+        for _, x0, y0, x1, y1 in boxes.tolist():
+            out[y0:y1, x0:x1] = IGNORE
+    painted = []  # (area, box index, full-size mask or None for a whole box)
+    for i, ((_, x0, y0, x1, y1), m) in enumerate(zip(boxes.tolist(), selection.tolist())):
+        if m == NO_CANDIDATE:
+            if poor_fit == "ignore":
+                out[y0:y1, x0:x1] = IGNORE
+                continue
+            painted.append(((x1 - x0) * (y1 - y0), i, None))
+            continue
+        mask = candidates.mask(m)
         if clip_to_box:
-            out[y0:y1, x0:x1][mask[y0:y1, x0:x1]] = cls
+            clipped = np.zeros_like(mask)
+            clipped[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
+            mask = clipped
+        painted.append((int(mask.sum()), i, mask))
+    for _, i, mask in sorted(painted, key=lambda t: -t[0]):  # stable: equal areas -> later box on top
+        cls, x0, y0, x1, y1 = boxes[i].tolist()
+        if mask is None:
+            out[y0:y1, x0:x1] = cls
         else:
             out[mask] = cls
     return out
@@ -156,15 +190,30 @@ def select_candidates(costs: np.ndarray, top_k: int, rng: np.random.Generator) -
 
 
 def update_selection(candidates: Candidates, boxes, probs: np.ndarray, *, lam: float = 1.0, top_k: int = 5,
-                     rng: np.random.Generator, clip_to_box: bool = True,
-                     balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """One BoxSup update for every box: ``(selection (N,) int64, chosen costs (N,) float64)``."""
+                     rng: np.random.Generator, clip_to_box: bool = True, balanced: bool = False,
+                     min_fit: float = 0.0, previous=None, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One BoxSup update for every box: ``(selection (N,) int64, chosen costs (N,) float64)``. A box that no
+    candidate fits (best box IoU below ``min_fit``) keeps ``NO_CANDIDATE`` (cost NaN), as in the initial selection.
+
+    ``previous`` (N,) with ``margin`` > 0 (not in the paper): a box keeps its previous candidate unless the drawn one
+    costs at least ``margin`` less, so a network whose cross-entropies barely differ between candidates cannot
+    move the labels."""
     boxes = _check_boxes(boxes, candidates.shape)
-    selection = np.zeros(len(boxes), np.int64)
-    chosen = np.zeros(len(boxes))
+    fit = best_box_fit(candidates, boxes)
+    if previous is not None:
+        previous = np.asarray(previous, np.int64).reshape(-1)
+        if len(previous) != len(boxes):
+            raise ValueError(f"{len(previous)} previous selections for {len(boxes)} boxes")
+    selection = np.full(len(boxes), NO_CANDIDATE, np.int64)
+    chosen = np.full(len(boxes), np.nan)
     for i, box in enumerate(boxes):
+        if fit[i] < min_fit:
+            continue
         costs = candidate_costs(candidates, box, probs, lam=lam, clip_to_box=clip_to_box, balanced=balanced)
         selection[i] = select_candidates(costs, top_k, rng)
+        if previous is not None and previous[i] != NO_CANDIDATE and margin > 0 \
+                and costs[selection[i]] > costs[previous[i]] - margin:
+            selection[i] = previous[i]
         chosen[i] = costs[selection[i]]
     return selection, chosen
 

@@ -62,21 +62,23 @@ class BoxSupRoundJob:
         mask = unlabelled_mask(sample, shape)
         if mask is not None:
             return ImageResult(mask)
+        cfg = self.config
+        paint = {"clip_to_box": cfg.clip_to_box, "poor_fit": cfg.poor_fit, "box_rest": cfg.box_rest}
         if self.checkpoint is None:
-            selection = initial_selection(cands, sample.boxes, tie_tolerance=self.config.tie_tolerance)
-            return ImageResult(labels_from_selection(cands, sample.boxes, selection,
-                                                     clip_to_box=self.config.clip_to_box))
+            selection = initial_selection(cands, sample.boxes, tie_tolerance=cfg.tie_tolerance, min_fit=cfg.min_fit)
+            return ImageResult(labels_from_selection(cands, sample.boxes, selection, **paint))
         from ..models.inference import segment
         from .predict import load_trained_model
 
         model, meta = load_trained_model(self.checkpoint, self.device)
         probs = segment(model, sample.image, scales=self.config.predict_scales, device=self.device,
                         channels_last=bool(meta.get("speed", {}).get("channels_last")))
-        selection, _ = update_selection(cands, sample.boxes, probs, lam=self.config.boxsup_lambda,
-                                        top_k=self.config.top_k, clip_to_box=self.config.clip_to_box,
-                                        balanced=self.config.balanced_ce,
-                                        rng=image_rng(self.config.boxsup_seed, self.round_index, sample.id))
-        return ImageResult(labels_from_selection(cands, sample.boxes, selection, clip_to_box=self.config.clip_to_box))
+        first = initial_selection(cands, sample.boxes, tie_tolerance=cfg.tie_tolerance, min_fit=cfg.min_fit)
+        selection, _ = update_selection(cands, sample.boxes, probs, lam=cfg.boxsup_lambda, top_k=cfg.top_k,
+                                        clip_to_box=cfg.clip_to_box, balanced=cfg.balanced_ce, min_fit=cfg.min_fit,
+                                        previous=first, margin=cfg.keep_margin,
+                                        rng=image_rng(cfg.boxsup_seed, self.round_index, sample.id))
+        return ImageResult(labels_from_selection(cands, sample.boxes, selection, **paint))
 
 
 @dataclass
@@ -98,18 +100,44 @@ _FOLDERS: dict[str, StageFolder] = {}
 
 @dataclass(frozen=True)
 class RoundTrainConfig:
-    """What a round's training folder is hashed with (and records): the BoxSup config and the training config."""
+    """What a round's training folder is hashed with (and records): the BoxSup settings it depends on and the
+    training config."""
 
     boxsup: dict
     train: dict
+
+
+@dataclass(frozen=True)
+class RoundLabelsConfig:
+    """What a round's labels folder is hashed with (and records): the BoxSup settings it depends on."""
+
+    boxsup: dict
+
+
+# settings that only shape the initial selection / only the re-selection; neither the number of rounds nor the
+# device changes what a round makes, so adding a round or moving to a GPU reuses the finished ones
+INITIAL_FIELDS = ("tie_tolerance", "clip_to_box", "min_fit", "poor_fit", "box_rest", "candidates")
+UPDATE_FIELDS = ("boxsup_lambda", "top_k", "balanced_ce", "keep_margin", "predict_scales")
+UNHASHED_FIELDS = ("boxsup_rounds", "device")
+
+
+def round_settings(config: BoxSupConfig, round_index: int, *, labels: bool) -> dict:
+    """The BoxSup settings that round ``round_index``'s labels (``labels=True``) or training depend on: round 0's
+    labels only on the initial-selection settings, round 1's training not on the update's."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNHASHED_FIELDS}
+    if round_index == 0:
+        return {k: settings[k] for k in INITIAL_FIELDS}
+    if round_index == 1 and not labels:
+        return {k: v for k, v in settings.items() if k not in UPDATE_FIELDS}
+    return settings
 
 
 def _prepare_owned(stage_dir: Path, *, stage: str, method: str, config, dataset: Dataset, upstream: dict,
                    overwrite: bool) -> str:
     """``prepare_stage_dir`` for the folders the boxes guide owns (rounds and their trainings): one made with
     another config is stale (the guide itself is refused or overwritten first), so it is redone with a warning."""
-    if isinstance(config, tuple):  # a round's training: hashed with the whole BoxSup config
-        config = RoundTrainConfig(dataclasses.asdict(config[0]), dataclasses.asdict(config[1]))
+    if isinstance(config, tuple):  # a round's training: (BoxSup settings it depends on, training config)
+        config = RoundTrainConfig(config[0], dataclasses.asdict(config[1]))
     try:
         return prepare_stage_dir(stage_dir, stage=stage, method=method, config=config, dataset=dataset,
                                  upstream=upstream, overwrite=overwrite)
@@ -127,6 +155,8 @@ def _check(config: BoxSupConfig) -> None:
     if config.boxsup_rounds < 0 or config.top_k < 1 or config.boxsup_lambda < 0 or not 0 <= config.tie_tolerance <= 1:
         raise ConfigError("--boxsup-rounds >= 0, --top-k >= 1, --boxsup-lambda >= 0 and 0 <= --tie-tolerance <= 1 "
                           "please")
+    if not 0 <= config.min_fit <= 1 or config.keep_margin < 0:
+        raise ConfigError("0 <= --min-fit <= 1 and --keep-margin >= 0 please")
     if not config.predict_scales or any(v <= 0 for v in config.predict_scales):
         raise ConfigError("--predict-scales: give positive scales, e.g. 1.0 or 0.5,1.0")
     if config.iterations < 1 or config.batch_size < 1 or config.crop_size < 8:
@@ -177,7 +207,7 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
 
     from ..models import build_model
     from ..pairs import MaskPairs
-    from ..train import CHECKPOINT, pick_device, resolve_speed, train_model
+    from ..train import CHECKPOINT, load_checkpoint, pick_device, resolve_speed, train_model
 
     train_config = TrainConfig(backbone=config.backbone, weights=config.weights, iterations=config.iterations,
                                batch_size=config.batch_size, lr=config.lr, crop_size=config.crop_size,
@@ -185,7 +215,8 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
                                checkpoint_every=max(1, min(500, config.iterations)))
     method = f"boxsup_r{round_index}"
     stage_dir = run_dir / "train" / method
-    digest = _prepare_owned(stage_dir, stage="train", method=method, config=(config, train_config),
+    digest = _prepare_owned(stage_dir, stage="train", method=method,
+                            config=(round_settings(config, round_index, labels=False), train_config),
                             dataset=dataset, upstream={"labels": labels}, overwrite=overwrite)
     ckpt = stage_dir / CHECKPOINT
     info = read_json(stage_dir / "stage.json")
@@ -197,9 +228,15 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
     torch.manual_seed(train_config.seed)
     model = build_model(config.model, num_classes=dataset.num_classes, backbone=config.backbone,
                         weights=config.weights)
+    warm_from = None
+    if config.warm_start and round_index > 1:  # continue from the previous round's network (the paper's one run)
+        warm_from = run_dir / "train" / f"boxsup_r{round_index - 1}" / CHECKPOINT
+        if not ckpt.exists():  # an interrupted round resumes from its own checkpoint instead
+            model.load_state_dict(load_checkpoint(warm_from)["model"])
     meta = {"model": config.model, "backbone": config.backbone, "num_classes": dataset.num_classes,
             "classes": list(dataset.classes), "palette_name": dataset.palette_name, "speed": speed,
-            "config_hash": digest, "config": dataclasses.asdict(train_config), "boxsup_round": round_index}
+            "config_hash": digest, "config": dataclasses.asdict(train_config), "boxsup_round": round_index,
+            "warm_start_from": str(warm_from) if warm_from else None}
     pairs = MaskPairs(dataset, labels, crop_size=train_config.crop_size,
                       scale_range=(train_config.scale_min, train_config.scale_max), flip=train_config.flip)
     val_ids = [i for i in val_dataset.ids if val_dataset.gt_path(i) is not None] if val_dataset else []
@@ -243,7 +280,8 @@ def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
         upstream = {"candidates": cand_folder}
         if checkpoint is not None:
             upstream["network"] = StageFolder(checkpoint.parent)
-        digest = _prepare_owned(stage_dir, stage="labels", method=f"boxes_r{r}", config=config, dataset=dataset,
+        digest = _prepare_owned(stage_dir, stage="labels", method=f"boxes_r{r}",
+                                config=RoundLabelsConfig(round_settings(config, r, labels=True)), dataset=dataset,
                                 upstream=upstream, overwrite=overwrite)
         if _complete(stage_dir, digest):
             log.info("round %d: %s is complete, skipped", r, stage_dir)
