@@ -305,6 +305,7 @@ def test_bad_inputs_raise():
 def test_candidates_stage_writes_npz_sheets_and_initial_labels(demo_root, tmp_path):
     from wsss.config import CandidatesConfig
     from wsss.datasets import open_dataset
+    from wsss.config import BoxSupConfig
     from wsss.label.boxsup import initial_selection, labels_from_selection
     from wsss.stages.candidates import read_candidates, run_candidates
     from wsss.stages.folder import StageFolder
@@ -319,7 +320,10 @@ def test_candidates_stage_writes_npz_sheets_and_initial_labels(demo_root, tmp_pa
     assert sorted(p.stem for p in (stage / "sheets").glob("*.png")) == ds.ids[:2]
     sample = ds.load(ds.ids[0])
     cands = read_candidates(stage / "candidates" / f"{ds.ids[0]}.npz")
-    expect = labels_from_selection(cands, sample.boxes, initial_selection(cands, sample.boxes))
+    d = BoxSupConfig()  # the stage's masks are the boxes guide's round 0 with its defaults
+    expect = labels_from_selection(cands, sample.boxes,
+                                   initial_selection(cands, sample.boxes, tie_tolerance=d.tie_tolerance,
+                                                     min_fit=d.min_fit), poor_fit=d.poor_fit, box_rest=d.box_rest)
     np.testing.assert_array_equal(folder.mask(ds.ids[0]), expect)
     assert summary.quality["miou"] > 50  # the best box-matching candidates on the demo shapes
     again = run_candidates("selective", config, ds, tmp_path)

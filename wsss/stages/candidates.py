@@ -105,6 +105,7 @@ class SelectiveCandidatesJob:
     needs_image = True
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
+        from ..config import BoxSupConfig
         from ..label.boxsup import initial_selection, labels_from_selection
         from ..label.candidates import generate_candidates
         from ..labels import palette_for
@@ -117,8 +118,11 @@ class SelectiveCandidatesJob:
             raise ImageError(f"image {sample.id!r}: {exc}") from exc
         write_candidates(Path(self.stage_dir) / "candidates" / f"{sample.id}.npz", cands)
         mask = unlabelled_mask(sample, sample.image.shape[:2])
-        if mask is None:
-            mask = labels_from_selection(cands, sample.boxes, initial_selection(cands, sample.boxes))
+        if mask is None:  # the boxes guide's round 0 with its default settings
+            d = BoxSupConfig()
+            selection = initial_selection(cands, sample.boxes, tie_tolerance=d.tie_tolerance, min_fit=d.min_fit)
+            mask = labels_from_selection(cands, sample.boxes, selection, clip_to_box=d.clip_to_box,
+                                         poor_fit=d.poor_fit, box_rest=d.box_rest)
         pngs = {}
         if sample.id in self.sheet_ids:
             pngs["sheets"] = candidate_sheet(sample.image, cands, sample.boxes, palette_for(256, self.palette_name))
