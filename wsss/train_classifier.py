@@ -2,7 +2,10 @@
 
 Everything lives in one folder (the cam stage folder): ``classifier.pt`` (model + optimizer + epoch; written
 atomically after every epoch, ``complete`` once training ended) and ``train_log.csv`` (one row per epoch). A run
-that is killed resumes from the last finished epoch; a complete checkpoint is reused as is.
+that is killed resumes from the last finished epoch (the checkpoint carries torch's RNG state, which the
+augmentation draws from, so the resumed run ends with the same weights); a complete checkpoint is reused as is.
+Images that cannot be loaded (unreadable, truncated, broken annotation) are left out before training and listed in
+``train_skipped.csv``; the per-image pass then lists them as failures.
 
 Augmentation (torchvision.transforms.v2): random rescale (long side drawn in ``resize_long``), random crop of
 ``crop_size`` (zero-padded when smaller), horizontal flip, colour jitter, ImageNet normalisation.
@@ -23,13 +26,14 @@ from torch.nn import functional as F
 
 from .config import CamConfig, config_to_dict
 from .datasets import Dataset
-from .errors import ConfigError, UnsafeFileError, WsssError
-from .io import write_bytes
+from .errors import ConfigError, DatasetError, ImageError, UnsafeFileError, WsssError
+from .io import write_bytes, write_csv
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "classifier.pt"
 TRAIN_LOG = "train_log.csv"
+SKIPPED = "train_skipped.csv"  # training images left out (image_id, reason)
 LOG_HEADER = "epoch,iterations,images,mean_loss,lr,images_per_second,epoch_seconds,train_seconds\n"
 
 
@@ -139,6 +143,30 @@ def poly_lr(base: float, progress: float, power: float = 0.9) -> float:
     return base * max(0.0, 1.0 - min(1.0, progress)) ** power
 
 
+def usable_training_ids(dataset: Dataset, ids: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(usable ids, [(id, reason), ...])``: each image is read once as the loader reads it (full decode, tags,
+    boxes), so an unreadable or truncated image or a broken annotation is left out before training instead of
+    stopping it mid-epoch. The outcome depends only on the files, so a resumed run sees the same set (exact resume).
+    No usable image at all is a :class:`DatasetError`."""
+    from tqdm import tqdm
+
+    good, skipped = [], []
+    for image_id in tqdm(ids, desc="checking classifier training images", unit="img", disable=None, leave=False,
+                         dynamic_ncols=True):
+        try:
+            dataset.load(image_id, gt=False)
+        except ImageError as exc:
+            skipped.append((image_id, str(exc)))
+        else:
+            good.append(image_id)
+    for image_id, why in skipped[:10]:
+        log.warning("classifier training leaves out %s: %s", image_id, why)
+    if not good:
+        raise DatasetError(f"{dataset.root}: no usable image to train the classifier on among {len(ids)} of split "
+                           f"{dataset.split!r} (first: {skipped[0][1]}); fix those files")
+    return good, skipped
+
+
 def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *, ids: list[str] | None = None,
                      loader_workers: int = 0) -> Path:
     """Train (or resume, or reuse) the classifier of ``config`` on ``dataset``'s tags; returns the checkpoint path.
@@ -182,6 +210,8 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     bf16 = cam_uses_bf16(config.precision, device)  # --precision applies to training and inference alike
+    ids, skipped = usable_training_ids(dataset, ids)
+    write_csv(out_dir / SKIPPED, ["image_id", "reason"], [list(s) for s in skipped])
     data = TagDataset(dataset, ids, config)
     batch = min(config.batch_size, len(data))
     steps_per_epoch = len(data) // batch

@@ -21,7 +21,9 @@ def _one(args):
             return image_id, None, "no GT mask"
         pred = folder.mask(image_id)
         if pred.shape != gt.shape:
-            return image_id, None, f"mask {pred.shape} and GT {gt.shape} differ in size"
+            return image_id, None, (f"{folder.path / folder.rows[image_id]['mask']}: mask is "
+                                    f"{pred.shape[1]}x{pred.shape[0]} but the GT {dataset.gt_path(image_id)} is "
+                                    f"{gt.shape[1]}x{gt.shape[0]}; re-run the stage on this dataset")
         return image_id, confusion_matrix(gt, pred, dataset.num_classes), ""
     except (WsssError, ValueError) as exc:
         return image_id, None, str(exc)
