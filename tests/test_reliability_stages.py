@@ -122,20 +122,43 @@ def tiny_checkpoint(voc_corpus, tmp_path_factory) -> Path:  # noqa: F811
     return run / "train" / "segnet_basic" / "checkpoint.pt"
 
 
-@pytest.mark.parametrize("command", ["candidates", "predict"])
-def test_voc_corpus_through_candidates_and_predict(voc_corpus, tiny_checkpoint, tmp_path, command):  # noqa: F811
-    args = {"candidates": ["candidates"],
-            "predict": ["predict", "--checkpoint", str(tiny_checkpoint), "--device", "cpu"]}[command]
-    folder = {"candidates": "candidates/selective", "predict": "predictions/segnet_basic"}[command]
+@pytest.fixture(scope="module")
+def grabcut_seeds(voc_corpus, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+    """GrabCut seeds made on the corpus (its failed rows included) and on the reference dataset: the upstream of
+    the refine and label runs."""
+    out = {}
+    for name in ("root", "reference"):
+        run = tmp_path_factory.mktemp(f"grabcut_{name}")
+        result = CliRunner().invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(voc_corpus[name]),
+                                           "--run", str(run)])
+        assert result.exit_code == (1 if name == "root" else 0), result.output
+        out[name] = run / "seeds" / "grabcut"
+    return out
+
+
+@pytest.mark.parametrize("command", ["candidates", "predict", "refine", "label"])
+def test_voc_corpus_through_candidates_predict_refine_label(voc_corpus, tiny_checkpoint, grabcut_seeds,  # noqa: F811
+                                                            tmp_path, command):
+    """Refine and label read the image's upstream row too: a failed upstream row fails the image with the
+    upstream's own error (which names the file and the fix) quoted."""
+    def args(upstream):
+        return {"candidates": ["candidates"],
+                "predict": ["predict", "--checkpoint", str(tiny_checkpoint), "--device", "cpu"],
+                "refine": ["refine", "--crf", "--input", str(upstream)],
+                "label": ["label", "--guide", "cam", "--seeds", str(upstream)]}[command]
+    folder = {"candidates": "candidates/selective", "predict": "predictions/segnet_basic", "refine": "refined/crf",
+              "label": "labels/cam"}[command]
     sandbox = tmp_path / "sandbox"
     shutil.copytree(voc_corpus["root"], sandbox / "data")
     before = {p for p in sandbox.rglob("*") if p.is_file()}
-    result = CliRunner().invoke(main, [*args, "--dataset", str(sandbox / "data"), "--run", str(sandbox / "run")])
+    result = CliRunner().invoke(main, [*args(grabcut_seeds["root"]), "--dataset", str(sandbox / "data"), "--run",
+                                       str(sandbox / "run")])
     stage = sandbox / "run" / folder
     ok = _check_failures(stage, result)
-    ref = CliRunner().invoke(main, [*args, "--dataset", str(voc_corpus["reference"]), "--run", str(tmp_path / "ref")])
+    ref = CliRunner().invoke(main, [*args(grabcut_seeds["reference"]), "--dataset", str(voc_corpus["reference"]),
+                                    "--run", str(tmp_path / "ref")])
     assert ref.exit_code == 0, ref.output
-    subs = ("masks", "candidates") if command == "candidates" else ("masks", "scores")
+    subs = {"candidates": ("masks", "candidates"), "predict": ("masks", "scores")}.get(command, ("masks",))
     _same_outputs(stage, tmp_path / "ref" / folder, ok, subs)
     new = {p for p in sandbox.rglob("*") if p.is_file()} - before
     assert [p for p in new if stage not in p.parents] == []  # nothing written outside the stage folder
@@ -216,3 +239,28 @@ def test_eval_names_unreadable_and_misfit_masks_and_scores_the_rest(demo_root, t
     assert result["images"] == intact["images"] - 3
     cli = CliRunner().invoke(main, ["eval", str(stage), "--dataset", str(demo_root)])
     assert cli.exit_code == 0 and "3 unreadable" in cli.output
+
+
+def test_voc_corpus_through_train(voc_corpus, tmp_path):  # noqa: F811
+    """wsss train --labels gt on the corpus: unloadable images and bad GT are left out (annotation problems do not
+    matter to training on GT), the odd image modes are converted; the weights equal a run on the reference dataset
+    restricted to the usable images."""
+    train = ["train", "--model", "segnet_basic", "--labels", "gt", "--iterations", "3", "--batch-size", "2",
+             "--crop-size", "32", "--loader-workers", "0", "--device", "cpu", "--threads", "1", "--dataset"]
+    result = CliRunner().invoke(main, [*train, str(voc_corpus["root"]), "--split", "trainval", "--run",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    info = json.loads((tmp_path / "run" / "train" / "segnet_basic" / "stage.json").read_text())
+    reasons = {f["image_id"]: f["reason"] for f in info["failures"]}
+    bad_pairs = {"demo_0000", "demo_0001", "demo_0002", "demo_0007", "demo_0008"}
+    assert set(reasons) == bad_pairs | set(VOC_BAD_IDS) | {DUPLICATE}
+    for image_id in bad_pairs:
+        assert all(n in reasons[image_id] for n in VOC_FAILURES[image_id][1]), (image_id, reasons[image_id])
+    usable = [f"demo_{k:04d}" for k in range(20) if f"demo_{k:04d}" not in bad_pairs]
+    assert info["training"]["train_images"] == len(usable) == 15
+    ref_data = _reference_with_split(voc_corpus, tmp_path, "usable", usable)
+    ref = CliRunner().invoke(main, [*train, str(ref_data), "--split", "usable", "--run", str(tmp_path / "ref")])
+    assert ref.exit_code == 0, ref.output
+    a, b = (load_checkpoint(r / "train" / "segnet_basic" / "checkpoint.pt")["model"]
+            for r in (tmp_path / "run", tmp_path / "ref"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
