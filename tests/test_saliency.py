@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from wsss.cli import main
+from wsss.errors import ConfigError
 from wsss.io import read_mask, read_scores
 from wsss.seeds.saliency import (SALIENCY_CLASS_ID, SaliencyQuality, box_targets, grabcut_box, make_optimizer,
                                  mask_targets, predict_saliency, resize_pair, saliency_seed_mask, scale_boxes,
@@ -49,7 +50,7 @@ def test_saliency_net_forward_backward():
     assert net(torch.rand(1, 3, 50, 70)).shape == (1, 1, 50, 70)  # sizes not divisible by 32
     with pytest.raises(ValueError, match="backbone"):
         SaliencyNet(backbone="vgg16")
-    with pytest.raises(ValueError, match="weights"):
+    with pytest.raises(ConfigError, match="--weights 'coco': use 'imagenet'"):  # the shared weights helper
         SaliencyNet(weights="coco")
 
 
@@ -268,6 +269,10 @@ def test_saliency_stage_errors(demo_root, tmp_path):
     res = runner.invoke(main, ["seeds", "--method", "saliency", "--dataset", str(demo_root), "--run",
                                str(tmp_path / "r4"), "--polarity", "bright"])
     assert res.exit_code == 2 and "does not apply" in res.output
+    res = runner.invoke(main, ["seeds", "--method", "saliency", "--dataset", str(demo_root), "--run",
+                               str(tmp_path / "r5"), "--weights", "coco"])
+    assert res.exit_code == 2 and "'coco' is not 'imagenet'" in res.output
+    assert not (tmp_path / "r5").exists()  # refused before any stage folder or training
 
 
 def test_saliency_stage_mask_targets_from_separate_dataset(demo_root, tmp_path):

@@ -15,6 +15,10 @@ from ..errors import ConfigError
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 WEIGHTS_CHOICES = (None, "imagenet")
 
+#: ImageNet statistics torchvision's backbones expect: RGB in [0, 1] normalised with these (one copy for every model).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 _RESNET_WEIGHTS = {
     "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
     "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights",

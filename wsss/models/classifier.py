@@ -11,40 +11,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, ResNetBackbone
+
 BACKBONES = ("resnet18", "resnet50", "resnet101")
 
-#: ImageNet statistics the backbones expect (inputs are RGB in [0, 1] normalised with these).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
+def _resnet(backbone: str, weights: str | None) -> ResNetBackbone:
+    """The project's torchvision ResNet with ``layer4`` at stride 1, dilation 2 (output stride 16).
 
-def _resnet(backbone: str, weights: str | None) -> nn.Module:
-    """A torchvision ResNet whose ``layer4`` runs at stride 1 with dilation 2 (output stride 16)."""
-    import torchvision
-
+    ``weights`` goes through :func:`wsss.models.backbones.torchvision_weights` (``ConfigError`` for anything but
+    None/'imagenet').
+    """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
-    if weights not in (None, "imagenet"):
-        raise ValueError(f"weights must be None (random init) or 'imagenet', not {weights!r}")
-    tv_weights = None
-    if weights == "imagenet":  # opt-in download through torchvision's weights enums
-        tv_weights = torchvision.models.get_model_weights(backbone).DEFAULT
-    builder = getattr(torchvision.models, backbone)
-    if backbone == "resnet18":
-        # torchvision's BasicBlock refuses dilation in its constructor; build it plain and dilate layer4 in place the
-        # way _make_layer(dilate=True) would: first block keeps dilation 1 but loses its stride, the rest use 2.
-        net = builder(weights=tv_weights)
-        layer4 = net.layer4
-        first = layer4[0]
-        first.conv1.stride = (1, 1)
-        if first.downsample is not None:
-            first.downsample[0].stride = (1, 1)
-        first.conv2.dilation, first.conv2.padding = (2, 2), (2, 2)
-        for block in list(layer4)[1:]:
-            for conv in (block.conv1, block.conv2):
-                conv.dilation, conv.padding = (2, 2), (2, 2)
-        return net
-    return builder(weights=tv_weights, replace_stride_with_dilation=[False, False, True])
+    return ResNetBackbone(backbone, weights=weights, output_stride=16)
 
 
 class CAMClassifier(nn.Module):
@@ -56,7 +36,8 @@ class CAMClassifier(nn.Module):
         Number of foreground classes K (dataset classes minus background).
     backbone : {'resnet18', 'resnet50', 'resnet101'}
     weights : None or 'imagenet'
-        None: random init (default). 'imagenet': torchvision's ImageNet weights (downloads once).
+        None: random init (default). 'imagenet': torchvision's ImageNet weights (downloads once); anything else
+        raises :class:`~wsss.errors.ConfigError`.
     """
 
     def __init__(self, *, num_classes: int, backbone: str = "resnet50", weights: str | None = None):
@@ -66,9 +47,9 @@ class CAMClassifier(nn.Module):
         net = _resnet(backbone, weights)
         self.backbone_name = backbone
         self.num_classes = num_classes
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stem = net.stem  # conv1, bn1, relu, maxpool (the state-dict keys of older checkpoints)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = net.fc.in_features
+        self.out_channels = net.channels[3]
         self.classifier = nn.Conv2d(self.out_channels, num_classes, kernel_size=1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
+from . import backbones
+
+#: ImageNet mean/std on the 0..255 scale (of :data:`wsss.models.backbones.IMAGENET_MEAN` / ``IMAGENET_STD``).
+IMAGENET_MEAN = np.array(backbones.IMAGENET_MEAN, np.float32) * 255.0
+IMAGENET_STD = np.array(backbones.IMAGENET_STD, np.float32) * 255.0
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:

@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKBONES = ("resnet18", "resnet34")
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, torchvision_weights
 
-#: ImageNet statistics the encoder expects (inputs are RGB in [0, 1]; the net normalises them itself).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKBONES = ("resnet18", "resnet34")
 
 
 def _encoder(backbone: str, weights: str | None) -> nn.Module:
@@ -28,10 +26,7 @@ def _encoder(backbone: str, weights: str | None) -> nn.Module:
 
     if backbone not in BACKBONES:
         raise ValueError(f"backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
-    if weights not in (None, "imagenet"):
-        raise ValueError(f"weights must be None (random init) or 'imagenet', not {weights!r}")
-    tv_weights = torchvision.models.get_model_weights(backbone).DEFAULT if weights == "imagenet" else None
-    return getattr(torchvision.models, backbone)(weights=tv_weights)
+    return getattr(torchvision.models, backbone)(weights=torchvision_weights(backbone, weights))
 
 
 class _UpBlock(nn.Module):
