@@ -264,3 +264,30 @@ def test_voc_corpus_through_train(voc_corpus, tmp_path):  # noqa: F811
     a, b = (load_checkpoint(r / "train" / "segnet_basic" / "checkpoint.pt")["model"]
             for r in (tmp_path / "run", tmp_path / "ref"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+BOXSUP = ["label", "--guide", "boxes", "--boxsup-rounds", "1", "--model", "deeplabv2", "--backbone", "resnet18",
+          "--iterations", "4", "--batch-size", "2", "--crop-size", "32", "--lr", "0.001", "--top-k", "2",
+          "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_voc_corpus_through_the_boxsup_guide(voc_corpus, tmp_path):  # noqa: F811
+    """Used to stop the whole guide (exit 2) when any image had no candidates or failed in a round. Now the bad
+    images are listed (the round's own error quoted), round 1 trains on the rest, and the other images' labels
+    equal a run on the reference dataset restricted to them."""
+    sandbox = tmp_path / "sandbox"
+    shutil.copytree(voc_corpus["root"], sandbox / "data")
+    result = CliRunner().invoke(main, [*BOXSUP, "--dataset", str(sandbox / "data"), "--run", str(sandbox / "run")])
+    ok = _check_failures(sandbox / "run" / "labels" / "boxes", result)
+    train_info = json.loads((sandbox / "run" / "train" / "boxsup_r1" / "stage.json").read_text())
+    assert train_info["counts"]["ok"] == len(ok) == 11
+    ref_data = _reference_with_split(voc_corpus, tmp_path, "ok", ok)
+    ref = CliRunner().invoke(main, [*BOXSUP, "--dataset", str(ref_data), "--split", "ok", "--run",
+                                    str(tmp_path / "ref")])
+    assert ref.exit_code == 0, ref.output
+    for folder in ("labels/boxes_r0", "labels/boxes_r1", "labels/boxes"):
+        _same_outputs(sandbox / "run" / folder, tmp_path / "ref" / folder, ok, ("masks",))
+    a, b = (load_checkpoint(r / "train" / "boxsup_r1" / "checkpoint.pt")["model"] for r in (sandbox / "run",
+                                                                                           tmp_path / "ref"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

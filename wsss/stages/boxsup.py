@@ -11,6 +11,11 @@ Folders (each an ordinary stage folder, so every round can be evaluated, inspect
 
 Resume: a round whose labels folder is complete for the same config is skipped, a finished training is not rerun,
 an interrupted one continues from its checkpoint, an interrupted labels folder from its last image.
+
+Bad input, image by image: an image that fails (in the candidates stage, or in a round: unreadable image, broken
+annotation, bad GT) is listed in that round's manifest, left out of the next round's training (wsss.pairs) and
+listed as a failure of the guide's own folder, so ``wsss label --guide boxes`` exits 1 with a summary while every
+other image is labelled. A round with failures is retried (its failed images only) when the command is re-run.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class BoxSupRoundJob:
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         from ..label.boxsup import image_rng, initial_selection, labels_from_selection, update_selection
 
+        _open_cached(self.candidates_dir)._row(sample.id)  # failed in the candidates stage: fail, quoting its reason
         cands = read_candidates(Path(self.candidates_dir) / "candidates" / f"{sample.id}.npz")
         shape = sample.image.shape[:2] if sample.image is not None else (
             sample.gt.shape if sample.gt is not None else cands.shape)
@@ -89,13 +95,20 @@ class CopyLabelsJob:
     needs_image = False
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
-        folder = _FOLDERS.get(self.labels_dir)
-        if folder is None:
-            folder = _FOLDERS[self.labels_dir] = StageFolder.open(self.labels_dir)
-        return ImageResult(folder.mask(sample.id))
+        return ImageResult(_open_cached(self.labels_dir).mask(sample.id))
 
 
-_FOLDERS: dict[str, StageFolder] = {}
+_FOLDERS: dict[tuple, StageFolder] = {}
+
+
+def _open_cached(path: str) -> StageFolder:
+    """``StageFolder.open(path)`` once per process and manifest version (keyed by the manifest's mtime)."""
+    manifest = Path(path) / "manifest.csv"
+    key = (str(path), manifest.stat().st_mtime_ns if manifest.exists() else None)
+    if key not in _FOLDERS:
+        _FOLDERS.clear()  # only the folder of the running round is needed
+        _FOLDERS[key] = StageFolder.open(path)
+    return _FOLDERS[key]
 
 
 @dataclass(frozen=True)
@@ -192,10 +205,14 @@ def ensure_candidates(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
                 "split give --candidates FOLDER (from 'wsss candidates --split SPLIT --run OTHER_RUN'), or use "
                 "another --run") from None
         folder = StageFolder.open(summary.stage_dir)
-    missing = [i for i in dataset.ids if not folder.has(i)]
+    missing = [i for i in dataset.ids if i not in folder.rows]  # never made: another split or dataset
     if missing:
         raise StageError(f"{folder.path}: no candidates for {len(missing)} image(s) of split {dataset.split!r} "
                          f"(e.g. {missing[0]!r}); re-run 'wsss candidates' on this split")
+    failed = [i for i in dataset.ids if not folder.has(i)]  # failed there (bad image): they fail in every round
+    if failed:
+        log.warning("%s: %d image(s) failed in the candidates stage (e.g. %s); the boxes guide lists them as "
+                    "failures and goes on with the others", folder.path, len(failed), failed[0])
     return folder
 
 
@@ -206,8 +223,9 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
     import torch
 
     from ..models import build_model
-    from ..pairs import MaskPairs
+    from ..pairs import CHECK_CACHE, MaskPairs
     from ..train import CHECKPOINT, load_checkpoint, pick_device, resolve_speed, train_model
+    from .train import record_pair_failures
 
     train_config = TrainConfig(backbone=config.backbone, weights=config.weights, iterations=config.iterations,
                                batch_size=config.batch_size, lr=config.lr, crop_size=config.crop_size,
@@ -238,7 +256,9 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
             "config_hash": digest, "config": dataclasses.asdict(train_config), "boxsup_round": round_index,
             "warm_start_from": str(warm_from) if warm_from else None}
     pairs = MaskPairs(dataset, labels, crop_size=train_config.crop_size,
-                      scale_range=(train_config.scale_min, train_config.scale_max), flip=train_config.flip)
+                      scale_range=(train_config.scale_min, train_config.scale_max), flip=train_config.flip,
+                      check_cache=stage_dir / CHECK_CACHE)
+    record_pair_failures(stage_dir, len(pairs), pairs.failures)  # bad pairs are left out of the round's training
     val_ids = [i for i in val_dataset.ids if val_dataset.gt_path(i) is not None] if val_dataset else []
     result = train_model(model, pairs, stage_dir, iterations=train_config.iterations,
                          batch_size=train_config.batch_size, lr=train_config.lr,
@@ -295,9 +315,9 @@ def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
                                  torch_threads=1 if round_workers > 1 else None,
                                  extra_info={"boxsup_round": r, "network": str(checkpoint) if checkpoint else None},
                                  desc=f"labels/boxes_r{r}")
-            if summary.failed:
-                raise StageError(f"{stage_dir}: {len(summary.failed)} image(s) failed in BoxSup round {r} "
-                                 f"(e.g. {summary.failed[0][0]}: {summary.failed[0][1]}); see its manifest.csv")
+            if summary.failed:  # image by image: the next round trains on the rest, the guide lists them
+                log.warning("%s: %d image(s) failed in BoxSup round %d (e.g. %s: %s); see its manifest.csv",
+                            stage_dir, len(summary.failed), r, summary.failed[0][0], summary.failed[0][1])
             quality = summary.quality
         labels = StageFolder.open(stage_dir)
         records.append({"round": r, "labels": str(stage_dir), "labels_miou": (quality or {}).get("miou"),
