@@ -16,19 +16,13 @@ Without ``--dataset`` a generated demo set (120 images, 128x160) is used.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
+import _harness
 from wsss.crf import crf_params
-from wsss.datasets import make_demo_data, open_dataset
 from wsss.io import read_image, write_mask
 from wsss.metrics import confusion_matrix, scores_from_confusion
 from wsss.stages.folder import StageFolder
@@ -53,36 +47,14 @@ def naive_crf(image: np.ndarray, mask: np.ndarray, num_labels: int, iterations: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default=None, help="dataset folder (default: a generated demo set)")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--images", type=int, default=60, help="first N images of the split (0: all)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default="bench/out/crf", help="scratch folder (git-ignored)")
+    parser = _harness.parser(__doc__, out="bench/out/crf")
     parser.add_argument("--refine-options", default="", help="extra options of wsss refine --crf, e.g. "
                                                              "'--relabel ignore'")
     args = parser.parse_args()
 
-    out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    if args.dataset is None:
-        root = make_demo_data(out / "demo", 120)
-        split = "trainval"
-    else:
-        root, split = Path(args.dataset), args.split
-    full = open_dataset(root, split)
-    ids = full.ids[: args.images] if args.images else full.ids
-    view = Path(tempfile.mkdtemp(prefix="bench_crf_", dir=out))
-    for sub in ("JPEGImages", "SegmentationClass", "Annotations"):
-        if (root / sub).exists():
-            os.symlink((root / sub).resolve(), view / sub)
-    if (root / "classes.txt").exists():
-        os.symlink((root / "classes.txt").resolve(), view / "classes.txt")
-    (view / "ImageSets" / "Segmentation").mkdir(parents=True)
-    (view / "ImageSets" / "Segmentation" / "bench.txt").write_text("\n".join(ids) + "\n")
-    dataset = open_dataset(view, "bench")
-    wsss = str(Path(sys.executable).with_name("wsss"))
+    bs = _harness.bench_set(args, prefix="bench_crf_")
+    out, root, split, ids, view, dataset = bs.out, bs.root, bs.split, bs.ids, bs.view, bs.dataset
+    wsss = _harness.wsss_exe()
     run = out / "run"
     subprocess.run([wsss, "seeds", "--method", "grabcut", "--dataset", str(view), "--split", "bench", "--run",
                     str(run), "--workers", str(args.workers)], check=True, stdout=subprocess.DEVNULL)
@@ -101,9 +73,7 @@ def main() -> None:
 
     cmd = [wsss, "refine", "--crf", "--input", str(run / "seeds" / "grabcut"), "--dataset", str(view), "--run",
            str(run), "--workers", str(args.workers), *args.refine_options.split()]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    t_ours = time.perf_counter() - t0
+    t_ours = _harness.time_command(cmd)
 
     from wsss.stages.evaluate import evaluate_folder
 

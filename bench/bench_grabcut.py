@@ -13,19 +13,12 @@ Without ``--dataset`` a generated demo set (120 images, 128x160) is used.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from wsss.datasets import make_demo_data, open_dataset
+import _harness
 from wsss.io import write_mask
 from wsss.metrics import confusion_matrix, scores_from_confusion
 
@@ -48,34 +41,10 @@ def naive_grabcut(image: np.ndarray, boxes: np.ndarray, iterations: int = 5) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default=None, help="dataset folder (default: a generated demo set)")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--images", type=int, default=60, help="first N images of the split (0: all)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default="bench/out/grabcut", help="scratch folder (git-ignored)")
-    args = parser.parse_args()
-
-    out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    if args.dataset is None:
-        root = make_demo_data(out / "demo", 120)
-        split = "trainval"
-    else:
-        root, split = Path(args.dataset), args.split
-    full = open_dataset(root, split)
-    ids = full.ids[: args.images] if args.images else full.ids
-    # a split file with just these ids, in a view of the dataset (symlinks, nothing copied)
-    view = Path(tempfile.mkdtemp(prefix="bench_gc_", dir=out))
-    for sub in ("JPEGImages", "SegmentationClass", "Annotations"):
-        if (root / sub).exists():
-            os.symlink((root / sub).resolve(), view / sub)
-    if (root / "classes.txt").exists():
-        os.symlink((root / "classes.txt").resolve(), view / "classes.txt")
-    (view / "ImageSets" / "Segmentation").mkdir(parents=True)
-    (view / "ImageSets" / "Segmentation" / "bench.txt").write_text("\n".join(ids) + "\n")
-    dataset = open_dataset(view, "bench")
+    args = _harness.parser(__doc__, out="bench/out/grabcut").parse_args()
+    # a split file with just the first --images ids, in a view of the dataset (symlinks, nothing copied)
+    bs = _harness.bench_set(args, prefix="bench_gc_")
+    out, root, split, ids, view, dataset = bs.out, bs.root, bs.split, bs.ids, bs.view, bs.dataset
     nboxes = 0
 
     # naive reference, single process
@@ -91,11 +60,9 @@ def main() -> None:
     t_naive = time.perf_counter() - t0
 
     # the command
-    cmd = [str(Path(sys.executable).with_name("wsss")), "seeds", "--method", "grabcut", "--dataset", str(view),
-           "--split", "bench", "--run", str(out / "run"), "--workers", str(args.workers)]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    t_ours = time.perf_counter() - t0
+    cmd = [_harness.wsss_exe(), "seeds", "--method", "grabcut", "--dataset", str(view), "--split", "bench", "--run",
+           str(out / "run"), "--workers", str(args.workers)]
+    t_ours = _harness.time_command(cmd)
 
     from wsss.stages.evaluate import evaluate_folder
 
