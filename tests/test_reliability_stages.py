@@ -291,3 +291,44 @@ def test_voc_corpus_through_the_boxsup_guide(voc_corpus, tmp_path):  # noqa: F81
     a, b = (load_checkpoint(r / "train" / "boxsup_r1" / "checkpoint.pt")["model"] for r in (sandbox / "run",
                                                                                            tmp_path / "ref"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------- tampered training checkpoints
+class _Payload:
+    """Unpickling this creates ``path``: proof that code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _tamper(path: Path, sentinel: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    state["hook"] = _Payload(sentinel)
+    torch.save(state, path)
+
+
+def test_tampered_cam_and_saliency_checkpoints_are_refused_and_run_nothing(demo_root, tmp_path):
+    sentinel = tmp_path / "executed"
+    cam = ["seeds", "--method", "cam", *CAM[:3], "1", *CAM[4:], "--dataset", str(demo_root), "--run",
+           str(tmp_path / "cam")]
+    assert CliRunner().invoke(main, cam).exit_code == 0
+    ckpt = tmp_path / "cam" / "seeds" / "cam" / "classifier.pt"
+    _tamper(ckpt, sentinel)
+    again = CliRunner().invoke(main, cam)  # the same command reads the checkpoint to resume (or reuse) it
+    assert again.exit_code == 2 and f"{ckpt}" in again.stderr, \
+        again.output
+    sal = ["seeds", "--method", "saliency", "--input-size", "32", "--epochs", "2", "--batch-size", "4",
+           "--grabcut-iterations", "1", "--dataset", str(demo_root), "--run", str(tmp_path / "sal")]
+    assert CliRunner().invoke(main, sal).exit_code == 0
+    stage = tmp_path / "sal" / "seeds" / "saliency"
+    _tamper(stage / "checkpoint.pt", sentinel)  # as if killed before saliency.pt was written
+    (stage / "saliency.pt").unlink()
+    resumed = CliRunner().invoke(main, sal)
+    assert resumed.exit_code == 2 and f"{stage / 'checkpoint.pt'}" in resumed.stderr, resumed.output
+    given = CliRunner().invoke(main, [*sal[:-2], "--run", str(tmp_path / "other"), "--checkpoint",
+                                      str(stage / "checkpoint.pt")])
+    assert given.exit_code == 2 and "checkpoint.pt" in given.stderr, given.output
+    assert not sentinel.exists()
