@@ -187,7 +187,7 @@ def run_recipe(recipe: Recipe, dataset_path: str | Path, run_dir: str | Path | N
                  f"{result.seconds:.1f}s")
         if result.failed:
             raise StageError(
-                f"{stage_dir}: {len(result.failed)} image(s) failed in step {rs.name!r} (see its manifest.csv, "
+                f"{stage_dir}: {len(result.failed)} image(s) failed in step {rs.name!r} (listed in its stage.json, "
                 f"first: {result.failed[0][0]}: {result.failed[0][1]}); fix them and re-run: finished images are kept"
             )
     info["seconds"] = round(time.perf_counter() - t_run, 3)
