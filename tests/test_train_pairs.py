@@ -185,3 +185,16 @@ def test_bad_masks_in_a_labels_stage_folder_are_left_out(demo_root, demo_copy, t
         assert all(n in reasons[image_id] for n in needles), (image_id, reasons[image_id])
     assert info["training"]["train_images"] == 12 - len(expected)
     assert info["counts"]["ok"] == 12 - len(expected)
+
+
+def test_the_check_cache_is_read_only_for_other_ranks(demo_root, tmp_path, monkeypatch):
+    from wsss.pairs import MaskPairs
+
+    ds, cache = open_dataset(demo_root, "train"), tmp_path / "pairs_checked.json"
+    MaskPairs(ds, None, check_cache=cache, write_cache=False)
+    assert not cache.exists()
+    first = MaskPairs(ds, None, check_cache=cache)
+    assert len(first) == 9 and len(json.loads(cache.read_text())["pairs"]) == 9
+    calls = []
+    monkeypatch.setattr(MaskPairs, "check_pair", lambda self, i: calls.append(i) or "")
+    assert MaskPairs(ds, None, check_cache=cache, write_cache=False).ids == first.ids and calls == []

@@ -46,7 +46,8 @@ class MaskPairs(TorchDataset):
     With ``check`` (the default) every pair is loaded once up front (see the module doc); bad pairs and images
     without a mask in the source are left out and listed in ``failures`` (``(image_id, reason)`` in dataset order,
     then the split file's problems: duplicate or unsafe ids). ``check_cache`` (a file in the stage folder) keeps the
-    outcomes across runs; ``check_threads`` reads pairs in parallel. No usable pair at all raises
+    outcomes across runs (``write_cache=False``: read it only, e.g. torchrun ranks other than 0);
+    ``check_threads`` reads pairs in parallel. No usable pair at all raises
     :class:`~wsss.errors.DatasetError`.
 
     ``pairs[(index, key)]`` returns the augmented ``(image (3, c, c) float32, mask (c, c) int64)`` for sample
@@ -55,7 +56,8 @@ class MaskPairs(TorchDataset):
 
     def __init__(self, dataset: Dataset, labels: StageFolder | None = None, *, crop_size: int = 321,
                  scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True, check: bool = True,
-                 check_cache: str | os.PathLike | None = None, check_threads: int = 1, progress: bool = True):
+                 check_cache: str | os.PathLike | None = None, check_threads: int = 1, progress: bool = True,
+                 write_cache: bool = True):
         self.dataset = dataset
         self.labels = labels
         self.crop_size = crop_size
@@ -74,7 +76,8 @@ class MaskPairs(TorchDataset):
             )
         errors = dict(missing)
         if check:
-            errors.update(self._check_pairs([i for i, _ in have], check_cache, check_threads, progress))
+            errors.update(self._check_pairs([i for i, _ in have], check_cache, check_threads, progress,
+                                             write_cache))
         self.ids = [i for i in dataset.ids if i not in errors]
         self.failures = [(i, errors[i]) for i in dataset.ids if i in errors] + list(dataset.problems)
         if not self.ids:
@@ -120,7 +123,8 @@ class MaskPairs(TorchDataset):
             return str(exc)
         return ""
 
-    def _check_pairs(self, ids: list[str], cache_path, threads: int, progress: bool) -> dict[str, str]:
+    def _check_pairs(self, ids: list[str], cache_path, threads: int, progress: bool,
+                     write_cache: bool = True) -> dict[str, str]:
         from tqdm import tqdm
 
         source = "gt" if self.labels is None else str(Path(self.labels.path).resolve())
@@ -144,7 +148,7 @@ class MaskPairs(TorchDataset):
         else:
             outcomes = [self.check_pair(i) for i in tqdm(todo, **bar)]
         results.update(zip(todo, outcomes))
-        if cache_path is not None and todo:
+        if cache_path is not None and todo and write_cache:
             write_json(cache_path, {**header, "pairs": {i: [keys[i], results[i]] for i in ids}})
         if len(todo) < len(ids):
             log.info("training pairs: %d checked now, %d unchanged since the last check", len(todo),

@@ -85,7 +85,7 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     rank = dist_env()[0]
     pairs = MaskPairs(dataset, folder, crop_size=config.crop_size,
                       scale_range=(config.scale_min, config.scale_max), flip=config.flip,
-                      check_cache=stage_dir / CHECK_CACHE if rank == 0 else None,
+                      check_cache=stage_dir / CHECK_CACHE, write_cache=rank == 0,
                       check_threads=max(1, config.loader_workers), progress=progress and rank == 0)
     failed = list(pairs.failures)
     if rank == 0:
