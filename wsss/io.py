@@ -288,6 +288,16 @@ def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: str | os.PathLike, state) -> None:
+    """Write a torch checkpoint atomically (serialised in memory, then :func:`write_bytes`): a kill leaves the old
+    file or the new one, never half of one. Every checkpoint writer in wsss goes through here."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(path, buf.getvalue())
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     """Load a torch checkpoint safely: ``torch.load(path, weights_only=True)``, so it can hold only tensors and
     plain containers (dict, list, tuple, str, numbers). Every checkpoint reader in wsss goes through here.

@@ -12,7 +12,6 @@ kernels are deterministic).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import StageError, UnsafeFileError
-from .io import read_csv, write_bytes, write_csv
+from .io import load_checkpoint as _load_torch, read_csv, save_checkpoint, write_csv
 from .labels import IGNORE
 from .metrics import confusion_matrix, scores_from_confusion
 from .models.inference import normalize_image, segment
@@ -157,25 +156,16 @@ def _sync_buffers(model: nn.Module, world: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: Path, state: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_bytes(path, buf.getvalue())
-
-
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a wsss checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    """Load a wsss training checkpoint through :func:`wsss.io.load_checkpoint` (``weights_only=True``: tensors and
+    plain containers only)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.exists():
         raise StageError(f"{path}: checkpoint not found; point --checkpoint at a train stage folder or its "
                          f"{CHECKPOINT}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for foreign/corrupt files
-        raise UnsafeFileError(f"{path}: not a readable wsss checkpoint ({type(exc).__name__}: {exc}); "
-                              "use a checkpoint.pt written by 'wsss train'") from None
+    state = _load_torch(path, map_location=map_location)
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise UnsafeFileError(f"{path}: not a wsss checkpoint (no model/meta); use one written by 'wsss train'")
     return state

@@ -13,10 +13,8 @@ Augmentation (torchvision.transforms.v2): random rescale (long side drawn in ``r
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import pickle
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from torch.nn import functional as F
 from .config import CamConfig, config_to_dict
 from .datasets import Dataset
 from .errors import ConfigError, DatasetError, ImageError, UnsafeFileError, WsssError
-from .io import write_bytes, write_csv
+from .io import load_checkpoint, save_checkpoint, write_bytes, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +82,13 @@ class TagDataset(torch.utils.data.Dataset):
         return self.augment(image), target
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes(path, buf.getvalue())
-
-
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a classifier checkpoint with ``torch.load(weights_only=True)``; unsafe or foreign files are refused."""
+    """Load a classifier checkpoint through :func:`wsss.io.load_checkpoint` (``weights_only=True``); unsafe or
+    foreign files are refused."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: classifier checkpoint not found; give the classifier.pt of a cam stage folder")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise UnsafeFileError(f"{path}: not a plain-tensor classifier checkpoint ({exc}); delete it and retrain "
-                              "(remove --checkpoint)") from None
+    state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise UnsafeFileError(f"{path}: not a wsss classifier checkpoint (keys model/meta missing); retrain it")
     return state
@@ -268,10 +257,10 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
                f"{seen / max(epoch_seconds, 1e-9):.3f},{epoch_seconds:.2f},{train_seconds:.2f}\n")
         log_rows.append(row)
         # the RNG state and the log rows travel in the checkpoint, so a resume continues both exactly
-        _atomic_torch_save({"model": {k: v.contiguous() for k, v in model.state_dict().items()},
-                            "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                            "train_seconds": train_seconds, "complete": finished, "meta": meta,
-                            "rng": torch.get_rng_state(), "log": log_rows}, ckpt_path)
+        save_checkpoint(ckpt_path, {"model": {k: v.contiguous() for k, v in model.state_dict().items()},
+                                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                                    "train_seconds": train_seconds, "complete": finished, "meta": meta,
+                                    "rng": torch.get_rng_state(), "log": log_rows})
         write_bytes(log_path, (LOG_HEADER + "".join(log_rows)).encode())
         log.info("epoch %d: loss %.4f, %.1f img/s", epoch + 1, np.mean(losses) if losses else math.nan,
                  seen / max(epoch_seconds, 1e-9))
@@ -280,5 +269,5 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     state = read_checkpoint(ckpt_path)
     if not state.get("complete"):  # the budget was spent before this run started: mark the schedule finished
         state["complete"] = True
-        _atomic_torch_save(state, ckpt_path)
+        save_checkpoint(ckpt_path, state)
     return ckpt_path

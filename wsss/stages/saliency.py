@@ -12,10 +12,8 @@ Files in the stage folder (besides the contract's ``stage.json``, ``manifest.csv
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 from ..config import SaliencyConfig, config_to_dict
 from ..datasets import Dataset, Sample
 from ..errors import ConfigError, ImageError, StageError, UnsafeFileError
-from ..io import read_mask, write_bytes, write_csv, write_png
+from ..io import load_checkpoint, read_mask, save_checkpoint, write_csv, write_png
 from .runner import ImageResult
 
 log = logging.getLogger(__name__)
@@ -35,26 +33,14 @@ FINAL = "saliency.pt"
 TRAIN_LOG = "train_log.csv"
 
 
-def _save(obj, path: Path) -> None:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes(path, buf.getvalue())
-
-
 def read_saliency_checkpoint(path: str | Path) -> dict:
-    """Load a saliency checkpoint with ``torch.load(weights_only=True)``; unsafe or foreign files are refused."""
-    import torch
-
+    """Load a saliency checkpoint through :func:`wsss.io.load_checkpoint` (``weights_only=True``); unsafe or foreign
+    files are refused."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: saliency checkpoint not found; give the saliency.pt of a saliency stage folder "
                           "or leave --checkpoint out to train")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise UnsafeFileError(f"{path}: not a plain-tensor checkpoint ({exc}); delete it and retrain") from None
+    state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "backbone" not in state:
         raise UnsafeFileError(f"{path}: not a wsss saliency checkpoint (keys model/backbone missing); retrain it")
     return state
@@ -159,17 +145,16 @@ def train_saliency_stage(config: SaliencyConfig, dataset: Dataset, stage_dir: Pa
 
     def on_epoch(epoch: int, loss: float) -> None:
         rows.append([epoch + 1, round(loss, 6), round(time.perf_counter() - t0, 2)])
-        _save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "log": rows,
-               **meta}, ckpt_path)
+        save_checkpoint(ckpt_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "epoch": epoch + 1, "log": rows, **meta})
         write_csv(log_path, ["epoch", "mean_loss", "seconds"], rows)
         log.info("saliency epoch %d: loss %.4f", epoch + 1, loss)
 
     train_saliency(net, optimizer, images, targets, epochs=config.epochs, batch_size=config.batch_size,
                    lr=config.lr, start_epoch=start, seed=config.seed, on_epoch=on_epoch, max_seconds=budget,
                    spent_seconds=spent)
-    _save({"model": net.state_dict(), "epoch": int(rows[-1][0]) if rows else 0, "log": rows,
-           "config": config_to_dict(config),
-           **meta}, final)
+    save_checkpoint(final, {"model": net.state_dict(), "epoch": int(rows[-1][0]) if rows else 0, "log": rows,
+                            "config": config_to_dict(config), **meta})
     write_csv(log_path, ["epoch", "mean_loss", "seconds"], rows)
     if skipped:
         write_csv(stage_dir / "train_skipped.csv", ["image_id", "reason"], [list(s) for s in skipped])
