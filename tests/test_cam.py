@@ -310,10 +310,12 @@ def test_cam_stage_errors(demo_root, tmp_path):
 # ------------------------------------------------------------------------------------------ quality bar
 @pytest.mark.slow
 def test_demo_cam_seeds_beat_threshold_seeds(tmp_path):
-    """The demo's CAM settings (epoch-bound, no time cap) on the demo set that ``wsss demo`` generates.
+    """The demo recipe's CAM settings (epoch-bound, no time cap) on the demo set that ``wsss demo`` generates.
 
-    Measured (bench/RESULTS.md, issue 4): CAM mIoU 48.37 at the demo's bg_threshold 0.6 vs threshold seeds 44.39 on
-    the same 60 images (same seeds: the training is deterministic on a given thread count).
+    Measured (bench/RESULTS.md, issue 4): CAM mIoU 66.08 here (2 threads) at the demo's bg_threshold 0.55, 65-69
+    over other training seeds and thread counts, vs threshold seeds 44.39 on the same 60 images; the training is
+    seeded and deterministic on a given thread count. The bar (>= 58 and >= threshold + 12) leaves room for that
+    spread.
     """
     import dataclasses
 
@@ -328,8 +330,8 @@ def test_demo_cam_seeds_beat_threshold_seeds(tmp_path):
     cam = run_method_stage("seeds", "cam", SEED_METHODS["cam"], config, dataset, tmp_path)
     threshold = run_method_stage("seeds", "threshold", SEED_METHODS["threshold"], ThresholdConfig(), dataset, tmp_path)
     assert not cam.failed and not threshold.failed
-    assert cam.quality["miou"] >= 46.0
-    assert cam.quality["miou"] >= threshold.quality["miou"] + 1.5
+    assert cam.quality["miou"] >= 58.0
+    assert cam.quality["miou"] >= threshold.quality["miou"] + 12.0
     # absent classes never appear in any CAM seed mask
     from wsss.stages.folder import StageFolder
 

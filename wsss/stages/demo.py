@@ -105,22 +105,24 @@ def _demo_saliency_guide(dataset, run_dir: Path, *, workers: int, overwrite: boo
 
 
 def demo_cam_config():
-    """The demo's CAM settings (a tiny classifier, a short training; the tests check its quality bar).
-
-    ``bg_threshold`` 0.6 is the best of ``wsss eval --sweep`` on the generated 60-image set (bench/RESULTS.md).
+    """The demo's CAM settings: the config of the ``cam`` step of the shipped demo recipe (pipelines/demo.yaml),
+    which ``wsss demo`` runs (a ResNet-18 classifier, 30 epochs of 96 px crops, capped at 3 minutes; the tests check
+    its quality bar). ``bg_threshold`` 0.55 is the best of ``wsss eval --sweep`` on the generated 60-image set
+    (bench/RESULTS.md, issue 4).
     """
-    from ..config import CamConfig
+    from ..recipes import load_recipe, resolve_recipe
 
-    return CamConfig(backbone="resnet18", epochs=8, batch_size=8, crop_size=96, resize_long=(120, 200), lr=1e-3,
-                     optimizer="adamw", max_minutes=3.0, scales=(1.0, 1.5, 2.0), bg_threshold=0.6)
+    return next(step.config for step in resolve_recipe(load_recipe("demo")) if step.name == "cam")
 
 
 def _demo_cam(dataset, run_dir: Path, *, workers: int, overwrite: bool,
               echo: Callable[[str], None]) -> list[tuple[str, dict | None]]:
-    """CAM seeds: a ResNet-18 GAP classifier trained on the tags (crop 96, 8 epochs, at most 3 minutes), then
-    multi-scale CAMs (1.0, 1.5, 2.0 + flip) as a dense label map; about a minute on 2 idle cores."""
+    """CAM seeds: a ResNet-18 GAP classifier trained on the tags (the demo recipe's cam step: crop 96, 30 epochs,
+    at most 3 minutes), then multi-scale CAMs (1.0, 1.5, 2.0 + flip) as a dense label map; under a minute on 2 idle
+    cores."""
     config = demo_cam_config()
-    echo("seeds/cam: training a ResNet-18 GAP classifier on the tags (crop 96, 8 epochs, <= 3 minutes)")
+    echo(f"seeds/cam: training a ResNet-18 GAP classifier on the tags (crop {config.crop_size}, {config.epochs} "
+         f"epochs, <= {config.max_minutes:g} minutes)")
     summary = run_method_stage("seeds", "cam", SEED_METHODS["cam"], config, dataset, run_dir, workers=1,
                                overwrite=overwrite, overlays=8)
     if summary.failed:
