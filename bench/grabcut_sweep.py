@@ -14,6 +14,7 @@ coverage of the seeds, of the seeds with their 255 band filled by the arg-max of
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -53,7 +54,8 @@ def main() -> None:
     params = json.loads(ARGS[2])
     crfs = json.loads(ARGS[3]) if len(ARGS) > 3 else []
     t0 = time.time()
-    with ProcessPoolExecutor(2) as pool:
+    workers = int(os.environ.get("WORKERS", "1"))  # one core by default (shared machine)
+    with ProcessPoolExecutor(workers) as pool:
         res = list(pool.map(one, [(i, params, crfs) for i in DATASET.ids[start:stop]], chunksize=4))
     for k, name in enumerate(["seeds", "seeds + arg-max fill"] + [json.dumps(c) for c in crfs]):
         q = scores_from_confusion(sum(r[k] for r in res), DATASET.classes)

@@ -59,6 +59,8 @@ def test_unary_from_mask_exact_values():
 def test_crf_params_presets_and_overrides():
     assert crf_params("deeplab") == {"sxy_gaussian": 3.0, "compat_gaussian": 3.0, "sxy": 121.0, "srgb": 5.0,
                                      "compat": 4.0}
+    assert crf_params("box") == {"sxy_gaussian": 3.0, "compat_gaussian": 3.0, "sxy": 121.0, "srgb": 5.0,
+                                 "compat": 2.0}
     p = crf_params("psa", srgb=20, compat=None)
     assert p["srgb"] == 20.0 and p["sxy"] == 80.0 and p["compat"] == 10.0
     with pytest.raises(ValueError, match="preset"):

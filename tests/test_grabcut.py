@@ -91,6 +91,32 @@ def test_grabcut_seeds_known_scene(rng):
     assert scores[2][gt == 2].mean() > 0.8 and scores[1][gt == 1].mean() > 0.8
 
 
+def test_extra_cores_majority_and_mean(rng):
+    """The ensemble over core sizes: hard = majority of the runs, p = mean of their probabilities (exact)."""
+    img, gt, boxes = _scene(rng, objects=((2, (40, 50), 22),))
+    _, x0, y0, x1, y1 = boxes[0]
+    known_bg = np.ones(gt.shape, bool)
+    known_bg[y0:y1, x0:x1] = False
+    runs = [grabcut_box(img, boxes[0], known_bg=known_bg, core_fraction=c, max_side=24) for c in (0.5, 0.2, 0.8)]
+    hard = np.mean([r[0] for r in runs], axis=0) >= 0.5
+    prob = np.mean([r[1] for r in runs], axis=0)
+    mask, scores, ids = grabcut_seeds(img, boxes, uncertain="grabcut", core_fraction=0.5, extra_cores=(0.2, 0.8),
+                                      max_side=24)
+    assert ids.tolist() == [0, 2]
+    np.testing.assert_array_equal(mask[y0:y1, x0:x1], np.where(hard, 2, 0))
+    fg, bg = np.maximum(prob, 1e-4), np.maximum(1 - prob, 1e-4)
+    np.testing.assert_allclose(scores[1, y0:y1, x0:x1], fg / (fg + bg), atol=1e-6)
+    # the runs disagree somewhere at this coarse size, and there the mean is what decides the band
+    votes = np.sum([r[0] for r in runs], axis=0)
+    assert ((votes > 0) & (votes < 3)).any()
+    single, _, _ = grabcut_seeds(img, boxes, uncertain="grabcut", extra_cores=(), max_side=24)
+    np.testing.assert_array_equal(single[y0:y1, x0:x1], np.where(runs[0][0], 2, 0))
+    ign, _, _ = grabcut_seeds(img, boxes, extra_cores=(0.2, 0.8), max_side=24, doubt_margin=0.2)
+    np.testing.assert_array_equal(ign[y0:y1, x0:x1] == 255, np.abs(prob - 0.5) < 0.2)
+    with pytest.raises(ValueError, match="core fractions"):
+        grabcut_seeds(img, boxes, extra_cores=(1.2,))
+
+
 def test_uncertain_policies(rng):
     img, gt, boxes = _scene(rng)
     # a coarse GrabCut (resized back bilinearly) and a wide doubt margin make a band of doubtful pixels
@@ -146,7 +172,7 @@ def test_box_covering_whole_image(rng):
     img, gt, _ = _scene(rng)
     h, w = gt.shape
     mask, _, _ = grabcut_seeds(img, np.array([[2, 0, 0, w, h]]), uncertain="grabcut", min_fill=0.05,
-                               core_fraction=0.0)  # the disc is off-centre: no core prior here
+                               core_fraction=0.0, extra_cores=())  # the disc is off-centre: no core prior
     assert mask.shape == (h, w)
     assert _iou(mask == 2, gt == 2) > 0.7
 
@@ -174,6 +200,13 @@ def test_seeds_cli_box_and_grabcut(demo_root, tmp_path):
     res = runner.invoke(main, ["seeds", "--method", "box", "--dataset", str(demo_root), "--run", str(run),
                                "--iterations", "3"])
     assert res.exit_code == 2 and "does not apply" in res.output
+    # --extra-cores '' = one GrabCut run per box
+    res = runner.invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(demo_root), "--run", str(run),
+                               "--iterations", "3", "--extra-cores", "", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    one = read_json(run / "seeds" / "grabcut" / "stage.json")
+    assert one["config"]["extra_cores"] == [] and gc["config"]["extra_cores"] == [0.3, 0.7]
+    assert one["quality"]["miou"] > 80
 
 
 def test_bad_boxes_are_per_image_errors(demo_copy, tmp_path):

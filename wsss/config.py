@@ -211,7 +211,7 @@ def _coerce(name: str, value, annotation):
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     try:
         if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [x for x in value.split(",") if x.strip()] if isinstance(value, str) else list(value)
             elem = args[0] if args else str
             return tuple(elem(x) for x in items)
         if hint is bool:
@@ -299,15 +299,19 @@ class GrabCutConfig:
                                 "(0: full resolution)")
     colour_space: str = option("rgb", "colour space of GrabCut's colour models", ("rgb", "lab"))
     seed: int = option(0, "OpenCV RNG seed of GrabCut's k-means initialisation")
+    extra_cores: tuple[float, ...] = option((0.3, 0.7), "comma-separated further core fractions: GrabCut runs once "
+                                                        "more per box for each, hard labels by majority, "
+                                                        "probabilities averaged ('' = one run)")
 
 
 @dataclass(frozen=True)
 class CRFConfig:
     """Dense CRF refinement (:func:`wsss.crf.crf_refine`) of any stage folder, over the labels present per image."""
 
-    preset: str = option("deeplab", "pairwise parameters: deeplab (bilateral sxy 121, srgb 5, compat 4) or psa "
-                                    "(sxy 80, srgb 13, compat 10); Gaussian sxy 3, compat 3 in both",
-                         ("deeplab", "psa"))
+    preset: str = option("deeplab", "pairwise parameters: deeplab (bilateral sxy 121, srgb 5, compat 4), psa "
+                                    "(sxy 80, srgb 13, compat 10) or box (deeplab with compat 2: for GrabCut box "
+                                    "seeds with --relabel ignore); Gaussian sxy 3, compat 3 in all",
+                         ("deeplab", "psa", "box"))
     sxy: typing.Optional[float] = option(None, "bilateral kernel position std (pixels); overrides the preset")
     srgb: typing.Optional[float] = option(None, "bilateral kernel colour std; overrides the preset")
     compat: typing.Optional[float] = option(None, "bilateral kernel weight; overrides the preset")

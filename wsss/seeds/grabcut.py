@@ -12,6 +12,12 @@ Rules
   pixels outside this box but inside another box are probable background, the box is probable foreground
   (``GC_PR_FGD``) and a centred core of ``core_fraction`` of the box's width and height is definite foreground
   (``GC_FGD``; 0 = no core). GrabCut then runs ``iterations`` rounds.
+* **Ensemble over core sizes** (``extra_cores``, default ``(0.3, 0.7)`` beside ``core_fraction`` 0.5): GrabCut runs
+  once per core fraction on the same crop; the box's hard foreground is the majority of the runs (at least half of
+  them) and its probability ``p`` (below) the mean of theirs. Where the runs disagree, ``p`` moves towards 0.5, so
+  the doubtful band below grows exactly where the core prior decided the result (a large core forces background
+  into a thin object, a small one lets GrabCut drop the object's parts). On voc-dev train[0:150]: 76.25 mIoU with
+  the band filled by the score arg-max vs 75.46 for one run (core 0.5), see bench/RESULTS.md, issue 3.
 * **Foreground probability**: from the two colour GMMs GrabCut fitted (decoded from its ``bgdModel`` /
   ``fgdModel`` arrays), ``p_gmm = L_fg / (L_fg + L_bg)`` per pixel, blended with GrabCut's own hard decision
   (which carries its smoothness term): ``p = hard_weight * hard + (1 - hard_weight) * p_gmm``.
@@ -184,7 +190,7 @@ def grabcut_seeds(image: np.ndarray, boxes, *, iterations: int = 5, uncertain: s
                   overlap: str = "confidence", min_box_size: int = 8, margin: float = 1.0, core_fraction: float = 0.5,
                   hard_weight: float = 0.5, doubt_margin: float = 0.2, min_fill: float = 0.1,
                   fallback_core: float = 0.5, max_side: int | None = 200, colour_space: str = "rgb",
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  seed: int = 0, extra_cores=(0.3, 0.7)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GrabCut seeds from boxes by the rules in the module docstring.
 
     Parameters
@@ -192,6 +198,9 @@ def grabcut_seeds(image: np.ndarray, boxes, *, iterations: int = 5, uncertain: s
     image : (H, W, 3) uint8 RGB
     boxes : (N, 5) ``[class, x0, y0, x1, y1]``, x1/y1 exclusive (clipped to the image; a box with no area inside
         the image raises ValueError)
+
+    extra_cores : further core fractions, one more GrabCut run per box each (module docstring: ensemble); ``()``
+        for a single run
 
     Returns
     -------
@@ -203,6 +212,9 @@ def grabcut_seeds(image: np.ndarray, boxes, *, iterations: int = 5, uncertain: s
         raise ValueError(f"uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, not {uncertain!r}")
     if overlap not in OVERLAP_RULES:
         raise ValueError(f"overlap must be one of {', '.join(OVERLAP_RULES)}, not {overlap!r}")
+    extra_cores = tuple(float(c) for c in extra_cores)
+    if any(not 0.0 <= c < 1.0 for c in (core_fraction, *extra_cores)):
+        raise ValueError(f"core fractions must be in [0, 1), not {(core_fraction, *extra_cores)}")
     h, w = image.shape[:2]
     boxes = check_boxes(boxes, (h, w))
     class_ids = np.array([BACKGROUND] + sorted(set(boxes[:, 0].tolist())), np.int64)
@@ -228,10 +240,16 @@ def grabcut_seeds(image: np.ndarray, boxes, *, iterations: int = 5, uncertain: s
             prob = np.full((bh, bw), 0.8, np.float32)
             doubt = np.zeros((bh, bw), bool)
         else:
-            hard, prob = grabcut_box(image, (cls, x0, y0, x1, y1), known_bg=known_bg,
-                                     iterations=iterations, margin=margin, core_fraction=core_fraction,
-                                     hard_weight=hard_weight, max_side=max_side, colour_space=colour_space,
-                                     seed=seed)
+            runs = [grabcut_box(image, (cls, x0, y0, x1, y1), known_bg=known_bg,
+                                iterations=iterations, margin=margin, core_fraction=core,
+                                hard_weight=hard_weight, max_side=max_side, colour_space=colour_space,
+                                seed=seed)
+                    for core in (core_fraction, *extra_cores)]
+            if len(runs) == 1:
+                hard, prob = runs[0]
+            else:  # ensemble over core sizes: majority of the hard labels, mean probability
+                hard = np.mean([r[0] for r in runs], axis=0) >= 0.5
+                prob = np.mean([r[1] for r in runs], axis=0).astype(np.float32)
             if hard.mean() < min_fill:  # GrabCut lost the object: fall back to the box's centred core
                 kx, ky = int(round(bw * (1 - fallback_core) / 2)), int(round(bh * (1 - fallback_core) / 2))
                 core = np.zeros((bh, bw), bool)
