@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--min-fit", type=float, default=BoxSupConfig.min_fit, help="as --min-fit of the boxes guide")
     ap.add_argument("--margins", default="0", help="comma-separated margins (0: plain BoxSup update)")
     ap.add_argument("--balanced", action="store_true", help="also score the balanced cross-entropy variant")
+    ap.add_argument("--agnostic", default="0", help="comma-separated 0/1: class-agnostic network term (1 - p_0)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scales", default="1.0", help="prediction scales, as --predict-scales of the boxes guide")
     args = ap.parse_args()
@@ -71,11 +72,12 @@ def main() -> None:
     lambdas = [float(v) for v in args.lambdas.split(",")]
     ks = [int(v) for v in args.top_k.split(",")]
     margins = [float(v) for v in args.margins.split(",")]
+    agn = [bool(int(v)) for v in args.agnostic.split(",")]
     k_classes = ds.num_classes
     cms = {key: np.zeros((k_classes, k_classes + 1), np.int64)
-           for key in [("initial",), ("network",)] + [(lam, k, bal, mg) for lam in lambdas for k in ks
+           for key in [("initial",), ("network",)] + [(lam, k, bal, mg, ag) for lam in lambdas for k in ks
                                                      for bal in ((False, True) if args.balanced else (False,))
-                                                     for mg in margins]}
+                                                     for mg in margins for ag in agn]}
     ids = (ds.ids[:args.limit] if args.limit else ds.ids)[args.offset::args.every]
     t0 = time.perf_counter()
     for image_id in ids:
@@ -91,17 +93,18 @@ def main() -> None:
         first = initial_selection(cands, sample.boxes, tie_tolerance=args.tie, min_fit=args.min_fit)
         init = labels_from_selection(cands, sample.boxes, first)
         cms[("initial",)] += confusion_matrix(sample.gt, init, k_classes)
-        for lam, k, bal, mg in [key for key in cms if len(key) == 4]:
+        for lam, k, bal, mg, ag in [key for key in cms if len(key) == 5]:
             sel, _ = update_selection(cands, sample.boxes, probs, lam=lam, top_k=k, balanced=bal,
-                                      min_fit=args.min_fit, previous=first, margin=mg,
+                                      min_fit=args.min_fit, previous=first, margin=mg, agnostic=ag,
                                       rng=image_rng(0, 1, image_id))
-            cms[(lam, k, bal)] += confusion_matrix(sample.gt, labels_from_selection(cands, sample.boxes, sel),
+            cms[(lam, k, bal, mg, ag)] += confusion_matrix(sample.gt, labels_from_selection(cands, sample.boxes, sel),
                                                    k_classes)
     print(f"{len(ids)} images of {args.dataset} {args.split} [{args.offset}::{args.every}], "
           f"{time.perf_counter() - t0:.0f}s")
     for key, cm in cms.items():
         name = key[0] if len(key) == 1 else (f"lambda={key[0]:g} top_k={key[1]}{' balanced' if key[2] else ''}"
-                                             f"{f' margin={key[3]:g}' if key[3] else ''}")
+                                             f"{f' margin={key[3]:g}' if key[3] else ''}"
+                                             f"{' agnostic' if key[4] else ''}")
         sc = scores_from_confusion(cm, ds.classes)
         print(f"{name:<40} mIoU {sc['miou']:6.2f}  pixel acc. {sc['pixel_accuracy']:5.1f}  "
               f"prec {sc['mean_precision']:5.1f}  rec {sc['mean_recall']:5.1f}")

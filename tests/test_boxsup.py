@@ -190,6 +190,23 @@ def test_keep_margin_moves_a_box_only_for_a_clearly_cheaper_candidate():
     assert plain.tolist() == [1]
 
 
+def test_class_agnostic_cost_ignores_which_object_class_the_network_names():
+    box = np.array([[2, 10, 8, 30, 28]])
+    frame = _rect(SHAPE, 10, 8, 30, 28) & ~_rect(SHAPE, 12, 10, 28, 26)
+    disc = _disc(SHAPE, 20, 18, 9)
+    cands = candidates_from_masks([frame, disc])
+    wrong_class = np.zeros(SHAPE, np.uint8)
+    wrong_class[disc] = 1                                   # the network sees the object but calls it class 1
+    probs = _one_hot_probs(wrong_class, 3)
+    agn = candidate_costs(cands, box[0], probs, lam=1.0, agnostic=True)
+    box_term = 1 - box_iou(box[:, 1:], cands.boxes)[0]
+    assert agn.argmin() == 1 and agn[1] == pytest.approx(box_term[1], abs=0.01)
+    plain = candidate_costs(cands, box[0], probs, lam=1.0)
+    assert plain[1] > agn[1] + 1                              # class 2 has ~0 probability on the disc
+    sel, _ = update_selection(cands, box, probs, top_k=1, rng=np.random.default_rng(0), agnostic=True)
+    assert sel.tolist() == [1]
+
+
 def test_balanced_cost_resists_a_background_leaning_network():
     disc = _disc(SHAPE, 20, 20, 10)
     ring = disc & ~_disc(SHAPE, 20, 20, 8)                 # same box as the disc, far fewer pixels

@@ -62,10 +62,12 @@ class BoxSupConfig:
     tie_tolerance: float = option(0.1, "initial selection: among candidates within this of the best box IoU, "
                                         "take the largest (0: plain arg-max)")
     top_k: int = option(5, "draw the new candidate at random among the k lowest-cost ones (1: the best)")
-    balanced_ce: bool = option(False, "not in the paper: average the foreground and background pixels' mean "
+    balanced_ce: bool = option(True, "not in the paper: average the foreground and background pixels' mean "
                                       "cross-entropies (robust to a network leaning to background)")
-    keep_margin: float = option(0.0, "not in the paper: a box keeps its initial candidate unless the re-selected "
+    keep_margin: float = option(0.3, "not in the paper: a box keeps its initial candidate unless the re-selected "
                                      "one costs at least this much less (0: the paper's update)")
+    class_agnostic: bool = option(False, "not in the paper: the network term scores object vs background "
+                                         "(1 - p(background)) instead of the box's class")
     clip_to_box: bool = option(True, "candidate pixels outside their box stay background")
     min_fit: float = option(0.7, "a box whose best candidate reaches a box IoU below this has no fitting "
                                  "candidate: it becomes --poor-fit in every round (0: always a candidate)")

@@ -5,13 +5,16 @@ Pure functions on arrays; the candidates come from :mod:`wsss.label.candidates` 
 * **Initial selection** (:func:`initial_selection`): for each GT box the candidate whose tight bounding box has the
   highest IoU with the box. Many candidates match a box almost equally well (a region and the same region with a
   thin strip merged in); among those within ``tie_tolerance`` of the best IoU the *largest* one is taken (then the
-  lower index), which on voc-dev train (30 images) lifted the initial labels from 54.0 to 63.5 mIoU
-  (``tie_tolerance`` 0 gives the plain arg-max).
+  lower index); ``tie_tolerance`` 0 gives the plain arg-max. A box whose best candidate reaches a box IoU below
+  ``min_fit`` has no fitting candidate (``NO_CANDIDATE``): it is box-filled (``poor_fit="fill"``) or left 255
+  (``"ignore"``) in every round. The guide's defaults (tie 0.1, min_fit 0.7, fill) were chosen on a quarter of
+  voc-dev train (``bench/boxsup_initial.py``, bench/RESULTS.md issue 8).
 * **Labels** (:func:`labels_from_selection`): the selected candidate's pixels take the box's class, everything else
   is background (0). With ``clip_to_box`` (default) a candidate's pixels outside its box stay background: a box
   encloses its object, so nothing of the object lies outside it. Overlaps: candidates are painted in order of
   decreasing area, so where two selected candidates overlap the *smaller* one wins (a small object in front of a big
-  one keeps its pixels), the same rule as box fill; equal areas: the later box wins.
+  one keeps its pixels), the same rule as box fill; equal areas: the later box wins. ``box_rest="ignore"``: pixels
+  inside some box but in no selected candidate are 255 instead of background.
 * **Update** (:func:`candidate_costs`, :func:`select_candidates`): with the network's class probabilities ``probs``
   (K, H, W), the cost of candidate ``S`` for box ``B`` of class ``c`` is
 
@@ -25,6 +28,10 @@ Pure functions on arrays; the candidates come from :mod:`wsss.label.candidates` 
 * **Balanced** variant (``balanced=True``, not in the paper): ``CE(S)`` is the mean of the foreground pixels' and
   the background pixels' mean cross-entropies, so a network leaning to background does not pick the smallest
   candidates (bench/RESULTS.md, issue 8).
+* **Keep margin** (``previous`` + ``margin``, not in the paper): a box keeps its previous (the guide: initial)
+  candidate unless the drawn one costs at least ``margin`` less, so a network whose cross-entropies barely differ
+  between candidates cannot move the labels.
+* **Class-agnostic** term (``agnostic=True``, not in the paper): candidate pixels cost ``-log(1 - p_0)``.
 
 Per-candidate sums are computed per leaf (``bincount``) and combined through the candidates' membership matrix, so
 nothing loops over pixels in Python.
@@ -136,13 +143,15 @@ def labels_from_selection(candidates: Candidates, boxes, selection, *, clip_to_b
 
 
 def candidate_costs(candidates: Candidates, box, probs: np.ndarray, *, lam: float = 1.0,
-                    clip_to_box: bool = True, balanced: bool = False) -> np.ndarray:
+                    clip_to_box: bool = True, balanced: bool = False, agnostic: bool = False) -> np.ndarray:
     """(M,) BoxSup cost of every candidate for one ``box`` ``[class, x0, y0, x1, y1]`` given ``probs`` (K, H, W).
 
     ``probs`` holds class probabilities (softmax) for every class id ``0..K-1`` at the image's size. ``balanced``
     (not in the paper) replaces the mean cross-entropy over all pixels by the mean of the foreground pixels' and
     the background pixels' mean cross-entropies, so a network that leans to background does not simply favour the
     smallest candidates; a candidate with no pixel in the box then costs the largest cross-entropy (-log 1e-6).
+    ``agnostic`` (not in the paper): a candidate pixel costs ``-log(1 - p_0)`` (object, whatever its class) instead
+    of ``-log p_c``: the box already gives the class, the network only has to tell object from background.
     """
     cls, x0, y0, x1, y1 = (int(v) for v in _check_boxes(np.asarray(box).reshape(-1)[:5], candidates.shape)[0])
     probs = np.asarray(probs)
@@ -153,7 +162,7 @@ def candidate_costs(candidates: Candidates, box, probs: np.ndarray, *, lam: floa
     iou = box_iou(np.array([[x0, y0, x1, y1]]), candidates.boxes)[0]
     if lam == 0:
         return 1.0 - iou
-    nlp_fg = -np.log(np.clip(probs[cls], PROB_FLOOR, 1.0))
+    nlp_fg = -np.log(np.clip(1.0 - probs[BACKGROUND] if agnostic else probs[cls], PROB_FLOOR, 1.0))
     nlp_bg = -np.log(np.clip(probs[BACKGROUND], PROB_FLOOR, 1.0))
     window = (x0, y0, x1, y1)
     bg_in = candidates.candidate_sums(candidates.leaf_sums(nlp_bg, window))  # candidate pixels inside the box
@@ -191,7 +200,8 @@ def select_candidates(costs: np.ndarray, top_k: int, rng: np.random.Generator) -
 
 def update_selection(candidates: Candidates, boxes, probs: np.ndarray, *, lam: float = 1.0, top_k: int = 5,
                      rng: np.random.Generator, clip_to_box: bool = True, balanced: bool = False,
-                     min_fit: float = 0.0, previous=None, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                     min_fit: float = 0.0, previous=None, margin: float = 0.0,
+                     agnostic: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One BoxSup update for every box: ``(selection (N,) int64, chosen costs (N,) float64)``. A box that no
     candidate fits (best box IoU below ``min_fit``) keeps ``NO_CANDIDATE`` (cost NaN), as in the initial selection.
 
@@ -209,7 +219,8 @@ def update_selection(candidates: Candidates, boxes, probs: np.ndarray, *, lam: f
     for i, box in enumerate(boxes):
         if fit[i] < min_fit:
             continue
-        costs = candidate_costs(candidates, box, probs, lam=lam, clip_to_box=clip_to_box, balanced=balanced)
+        costs = candidate_costs(candidates, box, probs, lam=lam, clip_to_box=clip_to_box, balanced=balanced,
+                                agnostic=agnostic)
         selection[i] = select_candidates(costs, top_k, rng)
         if previous is not None and previous[i] != NO_CANDIDATE and margin > 0 \
                 and costs[selection[i]] > costs[previous[i]] - margin:

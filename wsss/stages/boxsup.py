@@ -82,7 +82,7 @@ class BoxSupRoundJob:
         first = initial_selection(cands, sample.boxes, tie_tolerance=cfg.tie_tolerance, min_fit=cfg.min_fit)
         selection, _ = update_selection(cands, sample.boxes, probs, lam=cfg.boxsup_lambda, top_k=cfg.top_k,
                                         clip_to_box=cfg.clip_to_box, balanced=cfg.balanced_ce, min_fit=cfg.min_fit,
-                                        previous=first, margin=cfg.keep_margin,
+                                        previous=first, margin=cfg.keep_margin, agnostic=cfg.class_agnostic,
                                         rng=image_rng(cfg.boxsup_seed, self.round_index, sample.id))
         return ImageResult(labels_from_selection(cands, sample.boxes, selection, **paint))
 
@@ -130,7 +130,7 @@ class RoundLabelsConfig:
 # settings that only shape the initial selection / only the re-selection; neither the number of rounds nor the
 # device changes what a round makes, so adding a round or moving to a GPU reuses the finished ones
 INITIAL_FIELDS = ("tie_tolerance", "clip_to_box", "min_fit", "poor_fit", "box_rest", "candidates")
-UPDATE_FIELDS = ("boxsup_lambda", "top_k", "balanced_ce", "keep_margin", "predict_scales")
+UPDATE_FIELDS = ("boxsup_lambda", "top_k", "balanced_ce", "keep_margin", "class_agnostic", "predict_scales")
 UNHASHED_FIELDS = ("boxsup_rounds", "device")
 
 
