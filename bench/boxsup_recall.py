@@ -18,6 +18,7 @@ import numpy as np
 def main() -> None:
     from scipy import ndimage
 
+    from wsss.config import BoxSupConfig
     from wsss.datasets import open_dataset
     from wsss.label.boxsup import initial_selection
     from wsss.stages.candidates import read_candidates
@@ -34,20 +35,23 @@ def main() -> None:
     ids = [i for i in ds.ids if folder.has(i)]
     if args.limit:
         ids = ids[:args.limit]
+    d = BoxSupConfig()
     box_best, cc_best, picked, counts = [], [], [], []
     t0 = time.perf_counter()
     for image_id in ids:
         sample = ds.load(image_id, image=False)
         cands = read_candidates(folder.path / "candidates" / f"{image_id}.npz")
         counts.append(len(cands))
-        sel = initial_selection(cands, sample.boxes) if len(sample.boxes) else []
+        sel = initial_selection(cands, sample.boxes, tie_tolerance=d.tie_tolerance,
+                                min_fit=d.min_fit) if len(sample.boxes) else []
         for (cls, x0, y0, x1, y1), m in zip(sample.boxes.tolist(), list(sel)):
             obj = np.zeros(sample.gt.shape, bool)
             obj[y0:y1, x0:x1] = sample.gt[y0:y1, x0:x1] == cls
             if obj.any():
                 ious = cands.mask_ious(obj)
                 box_best.append(ious.max())
-                picked.append(ious[m])
+                # a box without a fitting candidate (-1) is box-filled: its IoU is the object's share of the box
+                picked.append(ious[m] if m >= 0 else obj.sum() / ((x1 - x0) * (y1 - y0)))
         for cls in np.unique(sample.gt):
             if cls in (0, 255):
                 continue
@@ -63,7 +67,8 @@ def main() -> None:
           f"recall@0.7 {100 * (box_best >= 0.7).mean():.1f}%  mean best IoU {box_best.mean():.3f}")
     print(f"connected components: {len(cc_best)}  recall@0.5 {100 * (cc_best >= 0.5).mean():.1f}%  "
           f"recall@0.7 {100 * (cc_best >= 0.7).mean():.1f}%  mean best IoU {cc_best.mean():.3f}")
-    print(f"initial selection (tie_tolerance 0.05): mean IoU of the picked candidate {np.mean(picked):.3f}")
+    print(f"initial selection (tie_tolerance {d.tie_tolerance:g}, min_fit {d.min_fit:g}): mean IoU of the picked "
+          f"candidate (or the box fill of a box without a fitting one) {np.mean(picked):.3f}")
 
 
 if __name__ == "__main__":
