@@ -44,6 +44,17 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 
     return base_lr * (1.0 - iteration / max_iterations) ** power
 
 
+def budget_poly_lr(base_lr: float, step: int, total_steps: int, *, elapsed: float = 0.0,
+                   budget: float | None = None, power: float = 0.9) -> float:
+    """The poly schedule over whichever runs out first, the steps or a time budget: progress is
+    ``step / total_steps``, or ``elapsed / budget`` seconds where that is larger (clipped to 1, so the rate ends at
+    0). ``budget`` None or 0: steps only. The CAM classifier and the saliency net train with this."""
+    progress = step / max(1, total_steps)
+    if budget:
+        progress = max(progress, elapsed / budget)
+    return base_lr * max(0.0, 1.0 - min(1.0, progress)) ** power
+
+
 def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, crop_size: int,
                  scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """DeepLab's training augmentation on one pair.

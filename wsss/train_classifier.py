@@ -127,11 +127,6 @@ def _make_optimizer(model, config: CamConfig):
     return opt
 
 
-def poly_lr(base: float, progress: float, power: float = 0.9) -> float:
-    """``base * (1 - progress) ** power`` with progress clipped to [0, 1]."""
-    return base * max(0.0, 1.0 - min(1.0, progress)) ** power
-
-
 def usable_training_ids(dataset: Dataset, ids: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """``(usable ids, [(id, reason), ...])``: each image is read once as the loader reads it (full decode, tags,
     boxes), so an unreadable or truncated image or a broken annotation is left out before training instead of
@@ -167,6 +162,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
 
     from .models.classifier import build_classifier
     from .seeds.cam import bf16_autocast, cam_uses_bf16
+    from .train import budget_poly_lr
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,14 +220,11 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
         bar = tqdm(loader, total=steps_per_epoch, desc=f"cam classifier epoch {epoch + 1}/{config.epochs}",
                    unit="batch", disable=None, dynamic_ncols=True, leave=False)
         for step, (images, targets) in enumerate(bar):
-            done = epoch * steps_per_epoch + step
-            progress = done / max(1, total_steps)
             elapsed = train_seconds + time.perf_counter() - t_epoch
-            if budget is not None:
-                progress = max(progress, elapsed / budget)
-                if elapsed >= budget:
-                    break
-            lr = poly_lr(config.lr, progress)
+            if budget is not None and elapsed >= budget:
+                break
+            lr = budget_poly_lr(config.lr, epoch * steps_per_epoch + step, total_steps, elapsed=elapsed,
+                                budget=budget)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             images = images.to(device, non_blocking=True)

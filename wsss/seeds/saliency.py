@@ -189,6 +189,8 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
 
     from tqdm import tqdm
 
+    from ..train import budget_poly_lr
+
     t0 = time.perf_counter()
 
     if len(images) != len(targets) or not images:
@@ -213,12 +215,10 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
             imgs = [images[i][:, ::-1] if flips[i] else images[i] for i in idx]
             tgts = [targets[i][:, ::-1] if flips[i] else targets[i] for i in idx]
             x, y = _batch_tensors([np.ascontiguousarray(a) for a in imgs], [np.ascontiguousarray(t) for t in tgts])
-            it = epoch * steps_per_epoch + step
-            done = it / total
-            if max_seconds:
-                done = max(done, min(1.0, (spent_seconds + time.perf_counter() - t0) / max_seconds))
+            rate = budget_poly_lr(lr, epoch * steps_per_epoch + step, total,
+                                  elapsed=spent_seconds + time.perf_counter() - t0, budget=max_seconds)
             for group in optimizer.param_groups:
-                group["lr"] = lr * (1 - done) ** 0.9
+                group["lr"] = rate
             loss = saliency_loss(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
