@@ -135,7 +135,8 @@ def test_round_settings_hash_only_what_a_round_depends_on():
     assert round_settings(base, 0, labels=True) == round_settings(other_update, 0, labels=True)
     assert round_settings(base, 1, labels=False) == round_settings(other_update, 1, labels=False)
     assert round_settings(base, 1, labels=True) != round_settings(other_update, 1, labels=True)
-    assert round_settings(base, 2, labels=False) != round_settings(other_update, 2, labels=False)
+    # a later round's training sees the update only through its input labels' config hash (added by train_round)
+    assert round_settings(base, 2, labels=False) == round_settings(other_update, 2, labels=False)
     assert round_settings(base, 0, labels=True) != round_settings(other_initial, 0, labels=True)
     assert round_settings(base, 1, labels=False) != round_settings(other_initial, 1, labels=False)
     assert "boxsup_rounds" not in round_settings(base, 2, labels=True)
@@ -205,6 +206,16 @@ def test_class_agnostic_cost_ignores_which_object_class_the_network_names():
     assert plain[1] > agn[1] + 1                              # class 2 has ~0 probability on the disc
     sel, _ = update_selection(cands, box, probs, top_k=1, rng=np.random.default_rng(0), agnostic=True)
     assert sel.tolist() == [1]
+
+
+def test_agreement_kappa_known_values():
+    from wsss.label.boxsup import agreement_kappa
+
+    assert agreement_kappa([[60, 0, 5], [40, 0, 0]]) == pytest.approx(0.0)     # all background: chance
+    assert agreement_kappa([[60, 0], [0, 40]]) == pytest.approx(1.0)
+    assert agreement_kappa([[50, 10], [10, 30]]) == pytest.approx(0.28 / 0.48)
+    assert agreement_kappa([[0, 50], [50, 0]]) < 0
+    assert agreement_kappa(np.zeros((3, 4))) == 0.0
 
 
 def test_balanced_cost_resists_a_background_leaning_network():
@@ -424,6 +435,17 @@ def test_adding_a_round_or_changing_the_update_reuses_round_one_and_warm_starts(
     assert ckpt1.stat().st_mtime == mtime                      # round 1's network is not retrained
     meta = load_checkpoint(tmp_path / "train" / "boxsup_r2" / "checkpoint.pt")["meta"]
     assert meta["warm_start_from"] == str(ckpt1)
+    assert all(-1 <= r["network_kappa"] <= 1 for r in records[1:])
+    assert records[1]["lambda_used"] == pytest.approx(0.5 * max(0.0, records[1]["network_kappa"]), abs=1e-5)
+    # the gate at 0 (a network no better than chance) with a keep margin above the tie tolerance: round 0's labels
+    from wsss.stages.boxsup import BoxSupRoundJob
+    from wsss.stages.folder import StageFolder
+
+    r0 = StageFolder.open(tmp_path / "labels" / "boxes_r0")
+    cfg = _tiny_boxsup(keep_margin=0.3, boxsup_lambda=5.0)
+    job = BoxSupRoundJob(str(tmp_path / "candidates" / "selective"), cfg, 1, str(ckpt1), "cpu", lam_scale=0.0)
+    for i in ds.ids:
+        np.testing.assert_array_equal(job(ds.load(i), {}).mask, r0.mask(i))
     # an initial-selection setting changes round 0, so round 1 is trained again
     run_boxsup_rounds(_tiny_boxsup(min_fit=0.2), ds, tmp_path)
     assert ckpt1.stat().st_mtime != mtime

@@ -68,6 +68,10 @@ class BoxSupConfig:
                                      "one costs at least this much less (0: the paper's update)")
     class_agnostic: bool = option(False, "not in the paper: the network term scores object vs background "
                                          "(1 - p(background)) instead of the box's class")
+    network_gate: bool = option(True, "not in the paper: scale --boxsup-lambda by the round network's Cohen's "
+                                      "kappa against the labels it was trained on (clipped at 0), so a network no "
+                                      "better than chance leaves the labels as they are")
+    gate_images: int = option(50, "training images (evenly spread) on which --network-gate measures the kappa")
     clip_to_box: bool = option(True, "candidate pixels outside their box stay background")
     min_fit: float = option(0.7, "a box whose best candidate reaches a box IoU below this has no fitting "
                                  "candidate: it becomes --poor-fit in every round (0: always a candidate)")

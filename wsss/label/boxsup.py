@@ -32,6 +32,9 @@ Pure functions on arrays; the candidates come from :mod:`wsss.label.candidates` 
   candidate unless the drawn one costs at least ``margin`` less, so a network whose cross-entropies barely differ
   between candidates cannot move the labels.
 * **Class-agnostic** term (``agnostic=True``, not in the paper): candidate pixels cost ``-log(1 - p_0)``.
+* **Network gate** (:func:`agreement_kappa`, not in the paper): the guide multiplies ``lam`` by the network's
+  Cohen's kappa against the labels it was trained on (on a sample of training images, no GT needed), clipped at 0,
+  so a network that fits its own training labels no better than chance leaves the labels as they are.
 
 Per-candidate sums are computed per leaf (``bincount``) and combined through the candidates' membership matrix, so
 nothing loops over pixels in Python.
@@ -227,6 +230,20 @@ def update_selection(candidates: Candidates, boxes, probs: np.ndarray, *, lam: f
             selection[i] = previous[i]
         chosen[i] = costs[selection[i]]
     return selection, chosen
+
+
+def agreement_kappa(confusion) -> float:
+    """Cohen's kappa of a confusion matrix (rows: the labels a network was trained on, columns: its arg-max; a
+    trailing 255 column is ignored): 0 for a network that agrees with its labels no better than chance (e.g. one
+    that predicts background everywhere), 1 for full agreement; negative values are returned as they are."""
+    c = np.asarray(confusion, np.float64)
+    c = c[:, :c.shape[0]]
+    n = c.sum()
+    if n == 0:
+        return 0.0
+    po = np.trace(c) / n
+    pe = float((c.sum(1) / n * c.sum(0) / n).sum())
+    return float((po - pe) / (1 - pe)) if pe < 1 else 0.0
 
 
 def image_rng(seed: int, round_index: int, image_id: str) -> np.random.Generator:

@@ -46,6 +46,7 @@ class BoxSupRoundJob:
     round_index: int
     checkpoint: str | None = None
     device: str = "cpu"
+    lam_scale: float = 1.0  # the network gate's factor on --boxsup-lambda (its kappa, clipped at 0)
 
     @property
     def needs_image(self) -> bool:
@@ -80,7 +81,8 @@ class BoxSupRoundJob:
         probs = segment(model, sample.image, scales=self.config.predict_scales, device=self.device,
                         channels_last=bool(meta.get("speed", {}).get("channels_last")))
         first = initial_selection(cands, sample.boxes, tie_tolerance=cfg.tie_tolerance, min_fit=cfg.min_fit)
-        selection, _ = update_selection(cands, sample.boxes, probs, lam=cfg.boxsup_lambda, top_k=cfg.top_k,
+        selection, _ = update_selection(cands, sample.boxes, probs, lam=cfg.boxsup_lambda * self.lam_scale,
+                                        top_k=cfg.top_k,
                                         clip_to_box=cfg.clip_to_box, balanced=cfg.balanced_ce, min_fit=cfg.min_fit,
                                         previous=first, margin=cfg.keep_margin, agnostic=cfg.class_agnostic,
                                         rng=image_rng(cfg.boxsup_seed, self.round_index, sample.id))
@@ -122,27 +124,57 @@ class RoundTrainConfig:
 
 @dataclass(frozen=True)
 class RoundLabelsConfig:
-    """What a round's labels folder is hashed with (and records): the BoxSup settings it depends on."""
+    """What a round's labels folder is hashed with (and records): the BoxSup settings it depends on and the
+    config hash of the network that re-selected them (None for round 0)."""
 
     boxsup: dict
+    network: str | None = None
 
 
 # settings that only shape the initial selection / only the re-selection; neither the number of rounds nor the
 # device changes what a round makes, so adding a round or moving to a GPU reuses the finished ones
 INITIAL_FIELDS = ("tie_tolerance", "clip_to_box", "min_fit", "poor_fit", "box_rest", "candidates")
-UPDATE_FIELDS = ("boxsup_lambda", "top_k", "balanced_ce", "keep_margin", "class_agnostic", "predict_scales")
+UPDATE_FIELDS = ("boxsup_lambda", "top_k", "balanced_ce", "keep_margin", "class_agnostic", "network_gate",
+                 "gate_images", "predict_scales")
 UNHASHED_FIELDS = ("boxsup_rounds", "device")
 
 
 def round_settings(config: BoxSupConfig, round_index: int, *, labels: bool) -> dict:
-    """The BoxSup settings that round ``round_index``'s labels (``labels=True``) or training depend on: round 0's
-    labels only on the initial-selection settings, round 1's training not on the update's."""
+    """The BoxSup settings that round ``round_index``'s labels (``labels=True``) or training depend on directly:
+    round 0's labels only on the initial-selection settings, a training not on the update's (a training of round
+    >= 2 is also hashed with its input labels' config hash, so a change of the update reaches it through those)."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNHASHED_FIELDS}
     if round_index == 0:
         return {k: settings[k] for k in INITIAL_FIELDS}
-    if round_index == 1 and not labels:
+    if not labels:
         return {k: v for k, v in settings.items() if k not in UPDATE_FIELDS}
     return settings
+
+
+def network_agreement(checkpoint: Path, dataset: Dataset, labels: StageFolder, *, images: int,
+                      scales: tuple[float, ...], device: str) -> dict:
+    """The round network's Cohen's kappa (:func:`wsss.label.boxsup.agreement_kappa`) and pixel accuracy against
+    the labels it was trained on, over ``images`` training images spread evenly over the split."""
+    import numpy as np
+
+    from ..label.boxsup import agreement_kappa
+    from ..metrics import confusion_matrix
+    from ..models.inference import segment
+    from .predict import load_trained_model
+
+    ids = [i for i in dataset.ids if labels.has(i)]
+    ids = ids[::max(1, len(ids) // max(1, images))][:images]
+    model, meta = load_trained_model(checkpoint, device)
+    k = dataset.num_classes
+    cm = np.zeros((k, k + 1), np.int64)
+    for image_id in ids:
+        sample = dataset.load(image_id)
+        probs = segment(model, sample.image, scales=scales, device=device,
+                        channels_last=bool(meta.get("speed", {}).get("channels_last")))
+        cm += confusion_matrix(labels.mask(image_id), probs.argmax(0).astype(np.uint8), k)
+    total = cm[:, :k].sum()
+    return {"kappa": round(agreement_kappa(cm), 4), "images": len(ids),
+            "pixel_accuracy": round(100 * float(np.trace(cm[:, :k]) / total), 2) if total else None}
 
 
 def _prepare_owned(stage_dir: Path, *, stage: str, method: str, config, dataset: Dataset, upstream: dict,
@@ -168,8 +200,8 @@ def _check(config: BoxSupConfig) -> None:
     if config.boxsup_rounds < 0 or config.top_k < 1 or config.boxsup_lambda < 0 or not 0 <= config.tie_tolerance <= 1:
         raise ConfigError("--boxsup-rounds >= 0, --top-k >= 1, --boxsup-lambda >= 0 and 0 <= --tie-tolerance <= 1 "
                           "please")
-    if not 0 <= config.min_fit <= 1 or config.keep_margin < 0:
-        raise ConfigError("0 <= --min-fit <= 1 and --keep-margin >= 0 please")
+    if not 0 <= config.min_fit <= 1 or config.keep_margin < 0 or config.gate_images < 1:
+        raise ConfigError("0 <= --min-fit <= 1, --keep-margin >= 0 and --gate-images >= 1 please")
     if not config.predict_scales or any(v <= 0 for v in config.predict_scales):
         raise ConfigError("--predict-scales: give positive scales, e.g. 1.0 or 0.5,1.0")
     if config.iterations < 1 or config.batch_size < 1 or config.crop_size < 8:
@@ -233,8 +265,10 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
                                checkpoint_every=max(1, min(500, config.iterations)))
     method = f"boxsup_r{round_index}"
     stage_dir = run_dir / "train" / method
-    digest = _prepare_owned(stage_dir, stage="train", method=method,
-                            config=(round_settings(config, round_index, labels=False), train_config),
+    settings = round_settings(config, round_index, labels=False)
+    if round_index >= 2:  # its input labels were re-selected by the previous network: their hash covers that
+        settings["labels_config_hash"] = read_json(Path(labels.path) / "stage.json").get("config_hash")
+    digest = _prepare_owned(stage_dir, stage="train", method=method, config=(settings, train_config),
                             dataset=dataset, upstream={"labels": labels}, overwrite=overwrite)
     ckpt = stage_dir / CHECKPOINT
     info = read_json(stage_dir / "stage.json")
@@ -298,22 +332,35 @@ def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
                                                       overwrite=overwrite)
         stage_dir = run_dir / "labels" / f"boxes_r{r}"
         upstream = {"candidates": cand_folder}
+        network_hash = None
         if checkpoint is not None:
             upstream["network"] = StageFolder(checkpoint.parent)
+            network_hash = read_json(checkpoint.parent / "stage.json").get("config_hash")
         digest = _prepare_owned(stage_dir, stage="labels", method=f"boxes_r{r}",
-                                config=RoundLabelsConfig(round_settings(config, r, labels=True)), dataset=dataset,
-                                upstream=upstream, overwrite=overwrite)
+                                config=RoundLabelsConfig(round_settings(config, r, labels=True), network_hash),
+                                dataset=dataset, upstream=upstream, overwrite=overwrite)
+        agreement = None
         if _complete(stage_dir, digest):
             log.info("round %d: %s is complete, skipped", r, stage_dir)
             info = read_json(stage_dir / "stage.json")
             quality = info.get("quality")
+            agreement = info.get("network_agreement")
         else:
+            lam_scale = 1.0
+            if checkpoint is not None and config.network_gate:
+                agreement = network_agreement(checkpoint, dataset, labels, images=config.gate_images,
+                                              scales=config.predict_scales, device=str(device))
+                lam_scale = max(0.0, agreement["kappa"])
+                agreement["lambda_used"] = round(config.boxsup_lambda * lam_scale, 6)
+                log.info("round %d: the network's kappa against its training labels is %.3f (%d images): lambda "
+                         "%.4g", r, agreement["kappa"], agreement["images"], agreement["lambda_used"])
             job = BoxSupRoundJob(str(cand_folder.path), config, r, str(checkpoint) if checkpoint else None,
-                                 str(device))
+                                 str(device), lam_scale)
             round_workers = 1 if device.type == "cuda" and checkpoint is not None else workers
             summary = run_images(stage_dir, dataset=dataset, job=job, workers=round_workers, overlays=overlays,
                                  torch_threads=1 if round_workers > 1 else None,
-                                 extra_info={"boxsup_round": r, "network": str(checkpoint) if checkpoint else None},
+                                 extra_info={"boxsup_round": r, "network": str(checkpoint) if checkpoint else None,
+                                             "network_agreement": agreement},
                                  desc=f"labels/boxes_r{r}")
             if summary.failed:  # image by image: the next round trains on the rest, the guide lists them
                 log.warning("%s: %d image(s) failed in BoxSup round %d (e.g. %s: %s); see its manifest.csv",
@@ -322,7 +369,9 @@ def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
         labels = StageFolder.open(stage_dir)
         records.append({"round": r, "labels": str(stage_dir), "labels_miou": (quality or {}).get("miou"),
                         "network": str(checkpoint.parent) if checkpoint else None,
-                        "network_val_miou": (network_quality or {}).get("miou")})
+                        "network_val_miou": (network_quality or {}).get("miou"),
+                        "network_kappa": (agreement or {}).get("kappa"),
+                        "lambda_used": (agreement or {}).get("lambda_used")})
     return records
 
 
