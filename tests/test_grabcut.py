@@ -104,8 +104,23 @@ def test_extra_cores_majority_and_mean(rng):
                                       max_side=24)
     assert ids.tolist() == [0, 2]
     np.testing.assert_array_equal(mask[y0:y1, x0:x1], np.where(hard, 2, 0))
+    q = prob * 0.65 / (prob * 0.65 + (1 - prob) * 0.35)  # the default score_prior 0.35
+    fg, bg = np.maximum(q, 1e-4), np.maximum(1 - q, 1e-4)
+    np.testing.assert_allclose(scores[1, y0:y1, x0:x1], fg / (fg + bg), atol=1e-5)
+    # score_prior 0.5: scores are p itself; the mask never depends on score_prior
+    mask5, scores5, _ = grabcut_seeds(img, boxes, uncertain="grabcut", extra_cores=(0.2, 0.8), max_side=24,
+                                      score_prior=0.5)
+    np.testing.assert_array_equal(mask5, mask)
     fg, bg = np.maximum(prob, 1e-4), np.maximum(1 - prob, 1e-4)
-    np.testing.assert_allclose(scores[1, y0:y1, x0:x1], fg / (fg + bg), atol=1e-6)
+    np.testing.assert_allclose(scores5[1, y0:y1, x0:x1], fg / (fg + bg), atol=1e-5)
+    # a small box has p = 0.8; score_prior 0.8 maps it to exactly 0.5, 0.35 to 0.8 * 0.65 / (0.8 * 0.65 + 0.2 * 0.35)
+    small = np.array([[2, 5, 5, 10, 30]])
+    _, sc, _ = grabcut_seeds(img, small, min_box_size=8, score_prior=0.8)
+    np.testing.assert_allclose(sc[:, 5:30, 5:10], 0.5, atol=1e-6)
+    _, sc, _ = grabcut_seeds(img, small, min_box_size=8)
+    np.testing.assert_allclose(sc[1, 5:30, 5:10], 0.52 / 0.59, atol=1e-6)
+    with pytest.raises(ValueError, match="score_prior"):
+        grabcut_seeds(img, boxes, score_prior=1.0)
     # the runs disagree somewhere at this coarse size, and there the mean is what decides the band
     votes = np.sum([r[0] for r in runs], axis=0)
     assert ((votes > 0) & (votes < 3)).any()

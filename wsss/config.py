@@ -308,6 +308,8 @@ class GrabCutConfig:
     extra_cores: tuple[float, ...] = option((0.3, 0.7), "comma-separated further core fractions: GrabCut runs once "
                                                         "more per box for each, hard labels by majority, "
                                                         "probabilities averaged ('' = one run)")
+    score_prior: float = option(0.35, "tight-box prior on the written scores: a box's foreground probability p "
+                                      "becomes p(1-t)/(p(1-t)+(1-p)t) (p = t -> 0.5; 0.5 = unchanged)")
 
 
 @dataclass(frozen=True)
