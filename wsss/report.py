@@ -190,14 +190,24 @@ def _heat_colour(value: float) -> str:
     return "rgb(8,48,107)"
 
 
-def per_class_iou_heatmap(stages: list[ReportStage], classes, palette, width: int = 1100) -> str:
-    """An inline SVG heat map: one row per stage, one column per class, the IoU written in each cell."""
+_NO_QUALITY = '<p class="muted">No stage has a quality table (the dataset has no GT masks).</p>'
+
+
+def _per_class_series(stages: list[ReportStage], classes) -> tuple[list, list[str]]:
+    """``(series, names)`` of the per-class charts: ``(stage, per-class quality)`` of each stage that has one, and
+    the class names any of them scores, in the dataset's order (unknown names after, sorted)."""
     series = [(st, (st.quality or {}).get("per_class") or {}) for st in stages]
     series = [(st, pc) for st, pc in series if pc]
-    if not series:
-        return '<p class="muted">No stage has a quality table (the dataset has no GT masks).</p>'
     names = [c for c in classes if any(c in pc for _, pc in series)]
     names += sorted({c for _, pc in series for c in pc} - set(names))
+    return series, names
+
+
+def per_class_iou_heatmap(stages: list[ReportStage], classes, palette, width: int = 1100) -> str:
+    """An inline SVG heat map: one row per stage, one column per class, the IoU written in each cell."""
+    series, names = _per_class_series(stages, classes)
+    if not series:
+        return _NO_QUALITY
     label_w, top, row_h, mean_w = 150, 92, 28, 66
     cell_w = max(34.0, min(96.0, (width - label_w - mean_w - 10) / max(1, len(names))))
     width = int(label_w + cell_w * len(names) + mean_w + 10)
@@ -244,12 +254,9 @@ def per_class_iou_heatmap(stages: list[ReportStage], classes, palette, width: in
 
 def per_class_iou_svg(stages: list[ReportStage], classes, palette, width: int = 920) -> str:
     """An inline SVG grouped bar chart: one row per class, one bar per stage (headline IoU, percent)."""
-    series = [(st, (st.quality or {}).get("per_class") or {}) for st in stages]
-    series = [(st, pc) for st, pc in series if pc]
+    series, names = _per_class_series(stages, classes)
     if not series:
-        return '<p class="muted">No stage has a quality table (the dataset has no GT masks).</p>'
-    names = [c for c in classes if any(c in pc for _, pc in series)]
-    names += sorted({c for _, pc in series for c in pc} - set(names))
+        return _NO_QUALITY
     bar_h, gap, label_w, top, right = 11, 10, 130, 34, 60
     group_h = bar_h * len(series) + gap
     height = top + group_h * len(names) + 24
