@@ -34,6 +34,18 @@ def unpool(x: torch.Tensor, indices: torch.Tensor, size: torch.Size) -> torch.Te
     return F.max_unpool2d(x, indices, 2, 2, output_size=size[-2:])
 
 
+def encode_decode(x: torch.Tensor, encoder, decoder) -> torch.Tensor:
+    """The SegNet pass: every encoder stage is followed by :func:`pool_with_indices`; the decoder stages run in
+    order, each after unpooling with the indices of its mirror encoder stage (the last encoder's first)."""
+    saved = []
+    for stage in encoder:
+        x, indices, size = pool_with_indices(stage(x))
+        saved.append((indices, size))
+    for stage, (indices, size) in zip(decoder, reversed(saved)):
+        x = stage(unpool(x, indices, size))
+    return x
+
+
 class SegNet(nn.Module):
     """VGG16 SegNet. ``forward`` returns (N, K, H, W) logits."""
 
@@ -64,13 +76,7 @@ class SegNet(nn.Module):
         self.decoder = nn.ModuleList(decoder)
 
     def forward(self, x):
-        saved = []
-        for stage in self.backbone:
-            x, indices, size = pool_with_indices(stage(x))
-            saved.append((indices, size))
-        for stage, (indices, size) in zip(self.decoder, reversed(saved)):
-            x = stage(unpool(x, indices, size))
-        return x
+        return encode_decode(x, self.backbone, self.decoder)
 
 
 class SegNetBasic(nn.Module):
@@ -86,14 +92,7 @@ class SegNetBasic(nn.Module):
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x):
-        x = self.norm(x)
-        saved = []
-        for layer in self.encoder:
-            x, indices, size = pool_with_indices(layer(x))
-            saved.append((indices, size))
-        for layer, (indices, size) in zip(self.decoder, reversed(saved)):
-            x = layer(unpool(x, indices, size))
-        return self.classifier(x)
+        return self.classifier(encode_decode(self.norm(x), self.encoder, self.decoder))
 
 
 def segnet(*, num_classes: int, backbone: str = "vgg16", weights: str | None = None, in_channels: int = 3) -> SegNet:
