@@ -299,22 +299,16 @@ def test_voc_corpus_through_the_box_seed_methods(voc_corpus, tmp_path, method):
     assert [p for p in _files_under(sandbox) - before if stage not in p.parents] == []
 
 
-def test_refine_survives_a_damaged_upstream_stage(voc_corpus, tmp_path):
-    """refine --crf over an upstream seeds folder with bad masks, tampered / truncated scores, a failed row and a
-    missing file: each image named with its file and fix, the others equal to a run on the intact upstream."""
-    clean = voc_corpus["clean"]
+def _grabcut_upstream_with_damaged_scores(clean: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """``(intact, damaged, sentinel)``: GrabCut seeds of ``clean`` and a copy of that stage folder whose scores of
+    demo_0004 are a pickle (it would create ``sentinel`` when unpickled) and of demo_0005 truncated, and whose
+    manifest row of demo_0006 is a failure ("GrabCut exploded")."""
     up = tmp_path / "up"
     assert CliRunner().invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(clean), "--run",
                                      str(up)]).exit_code == 0
     intact = up / "seeds" / "grabcut"
     damaged = tmp_path / "damaged"
     shutil.copytree(intact, damaged)
-    Image.fromarray(np.zeros((10, 10), np.uint8), "L").save(damaged / "masks" / "demo_0001.png")
-    with Image.open(damaged / "masks" / "demo_0002.png") as im:
-        bad = np.asarray(im).copy()
-    bad[0, 0] = 40
-    Image.fromarray(bad, "L").save(damaged / "masks" / "demo_0002.png")
-    (damaged / "masks" / "demo_0003.png").write_bytes(b"garbage")
     sentinel = tmp_path / "executed"
     np.savez(damaged / "scores" / "demo_0004.npz", scores=np.array([_Payload(sentinel)], dtype=object),
              class_ids=np.array([0]))
@@ -323,6 +317,20 @@ def test_refine_survives_a_damaged_upstream_stage(voc_corpus, tmp_path):
     manifest = (damaged / "manifest.csv").read_text().replace("demo_0006,masks/demo_0006.png,scores/demo_0006.npz,ok,",
                                                               "demo_0006,,,failed,GrabCut exploded")
     (damaged / "manifest.csv").write_text(manifest)
+    return intact, damaged, sentinel
+
+
+def test_refine_survives_a_damaged_upstream_stage(voc_corpus, tmp_path):
+    """refine --crf over an upstream seeds folder with bad masks, tampered / truncated scores, a failed row and a
+    missing file: each image named with its file and fix, the others equal to a run on the intact upstream."""
+    clean = voc_corpus["clean"]
+    intact, damaged, sentinel = _grabcut_upstream_with_damaged_scores(clean, tmp_path)
+    Image.fromarray(np.zeros((10, 10), np.uint8), "L").save(damaged / "masks" / "demo_0001.png")
+    with Image.open(damaged / "masks" / "demo_0002.png") as im:
+        bad = np.asarray(im).copy()
+    bad[0, 0] = 40
+    Image.fromarray(bad, "L").save(damaged / "masks" / "demo_0002.png")
+    (damaged / "masks" / "demo_0003.png").write_bytes(b"garbage")
     (damaged / "masks" / "demo_0007.png").unlink()
     expected = {
         "demo_0001": ["mask of 'demo_0001' is 10x10, the image 80x64"],
@@ -758,21 +766,8 @@ def test_label_guide_survives_tampered_upstream_scores(voc_corpus, tmp_path):
     """wsss label reads the upstream scores/: a pickled, a truncated and a missing npz and a failed upstream row
     fail only their image, each named; nothing runs; the rest equals a run on the intact upstream."""
     clean = voc_corpus["clean"]
-    up = tmp_path / "up"
-    assert CliRunner().invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(clean), "--run",
-                                     str(up)]).exit_code == 0
-    intact = up / "seeds" / "grabcut"
-    damaged = tmp_path / "damaged"
-    shutil.copytree(intact, damaged)
-    sentinel = tmp_path / "executed"
-    np.savez(damaged / "scores" / "demo_0004.npz", scores=np.array([_Payload(sentinel)], dtype=object),
-             class_ids=np.array([0]))
-    data = (damaged / "scores" / "demo_0005.npz").read_bytes()
-    (damaged / "scores" / "demo_0005.npz").write_bytes(data[: len(data) // 2])
+    intact, damaged, sentinel = _grabcut_upstream_with_damaged_scores(clean, tmp_path)
     (damaged / "scores" / "demo_0008.npz").unlink()
-    manifest = (damaged / "manifest.csv").read_text().replace("demo_0006,masks/demo_0006.png,scores/demo_0006.npz,ok,",
-                                                              "demo_0006,,,failed,GrabCut exploded")
-    (damaged / "manifest.csv").write_text(manifest)
     expected = {
         "demo_0004": ["damaged/scores/demo_0004.npz", "not a plain numeric .npz", "delete it and re-run"],
         "demo_0005": ["damaged/scores/demo_0005.npz", "delete it and re-run"],
