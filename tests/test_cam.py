@@ -209,8 +209,8 @@ def test_train_resume_and_checkpoint_safety(demo_root, tmp_path):
     mtime = ckpt.stat().st_mtime_ns
     train_classifier(data, tmp_path, config)
     assert ckpt.stat().st_mtime_ns == mtime
-    # an interrupted run (after epoch 1) resumes with epoch 2 only
-    state.update(epoch=1, complete=False)
+    # an interrupted run (after epoch 1; the checkpoint carries the log rows up to it) resumes with epoch 2 only
+    state.update(epoch=1, complete=False, log=state["log"][:1])
     torch.save(state, ckpt)
     log_lines = open(tmp_path / "train_log.csv").readlines()
     (tmp_path / "train_log.csv").write_text("".join(log_lines[:2]))
