@@ -1,6 +1,6 @@
 """Parameter choice for the GrabCut box seeds (and the CRF on their band) on a slice of a split: train only.
 
-Usage (what bench/RESULTS.md, issue 3, reports; 2 processes):
+Usage (what bench/RESULTS.md, issue 3, reports; one process, ``WORKERS=2`` for two):
 
     nice -n 10 /work/venv/bin/python bench/grabcut_sweep.py train 0:100 '{"core_fraction": 0.5, "margin": 1.0}' \
         '[{"relabel": "ignore"}, {"preset": "psa"}]'
