@@ -124,11 +124,10 @@ class RoundTrainConfig:
 
 @dataclass(frozen=True)
 class RoundLabelsConfig:
-    """What a round's labels folder is hashed with (and records): the BoxSup settings it depends on and the
-    config hash of the network that re-selected them (None for round 0)."""
+    """What a round's labels folder is hashed with (and records): the BoxSup settings it depends on (for a round
+    >= 1 all of them, which also fix every network and labels folder before it)."""
 
     boxsup: dict
-    network: str | None = None
 
 
 # settings that only shape the initial selection / only the re-selection; neither the number of rounds nor the
@@ -140,13 +139,13 @@ UNHASHED_FIELDS = ("boxsup_rounds", "device")
 
 
 def round_settings(config: BoxSupConfig, round_index: int, *, labels: bool) -> dict:
-    """The BoxSup settings that round ``round_index``'s labels (``labels=True``) or training depend on directly:
-    round 0's labels only on the initial-selection settings, a training not on the update's (a training of round
-    >= 2 is also hashed with its input labels' config hash, so a change of the update reaches it through those)."""
+    """The BoxSup settings that round ``round_index``'s labels (``labels=True``) or training depend on: round 0's
+    labels only on the initial-selection settings, round 1's training not on the update's (it trains on round 0),
+    everything later on all of them. Run-independent, so two runs of the same command record the same config."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNHASHED_FIELDS}
     if round_index == 0:
         return {k: settings[k] for k in INITIAL_FIELDS}
-    if not labels:
+    if round_index == 1 and not labels:
         return {k: v for k, v in settings.items() if k not in UPDATE_FIELDS}
     return settings
 
@@ -265,10 +264,8 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
                                checkpoint_every=max(1, min(500, config.iterations)))
     method = f"boxsup_r{round_index}"
     stage_dir = run_dir / "train" / method
-    settings = round_settings(config, round_index, labels=False)
-    if round_index >= 2:  # its input labels were re-selected by the previous network: their hash covers that
-        settings["labels_config_hash"] = read_json(Path(labels.path) / "stage.json").get("config_hash")
-    digest = _prepare_owned(stage_dir, stage="train", method=method, config=(settings, train_config),
+    digest = _prepare_owned(stage_dir, stage="train", method=method,
+                            config=(round_settings(config, round_index, labels=False), train_config),
                             dataset=dataset, upstream={"labels": labels}, overwrite=overwrite)
     ckpt = stage_dir / CHECKPOINT
     info = read_json(stage_dir / "stage.json")
@@ -332,12 +329,10 @@ def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
                                                       overwrite=overwrite)
         stage_dir = run_dir / "labels" / f"boxes_r{r}"
         upstream = {"candidates": cand_folder}
-        network_hash = None
         if checkpoint is not None:
             upstream["network"] = StageFolder(checkpoint.parent)
-            network_hash = read_json(checkpoint.parent / "stage.json").get("config_hash")
         digest = _prepare_owned(stage_dir, stage="labels", method=f"boxes_r{r}",
-                                config=RoundLabelsConfig(round_settings(config, r, labels=True), network_hash),
+                                config=RoundLabelsConfig(round_settings(config, r, labels=True)),
                                 dataset=dataset, upstream=upstream, overwrite=overwrite)
         agreement = None
         if _complete(stage_dir, digest):
