@@ -331,4 +331,11 @@ def test_tampered_cam_and_saliency_checkpoints_are_refused_and_run_nothing(demo_
     given = CliRunner().invoke(main, [*sal[:-2], "--run", str(tmp_path / "other"), "--checkpoint",
                                       str(stage / "checkpoint.pt")])
     assert given.exit_code == 2 and "checkpoint.pt" in given.stderr, given.output
+    # a finished stage whose saliency.pt was tampered with afterwards: one clear error up front, no image run
+    fresh = [*sal[:-2], "--run", str(tmp_path / "sal2")]
+    assert CliRunner().invoke(main, fresh).exit_code == 0
+    final = tmp_path / "sal2" / "seeds" / "saliency" / "saliency.pt"
+    _tamper(final, sentinel)
+    rerun = CliRunner().invoke(main, [*fresh, "--overlays", "0"])
+    assert rerun.exit_code == 2 and f"{final}" in rerun.stderr, rerun.output
     assert not sentinel.exists()

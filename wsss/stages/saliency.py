@@ -201,9 +201,9 @@ def make_saliency_job(config: SaliencyConfig, *, stage_dir, dataset: Dataset, wo
     if config.epochs < 1 or config.batch_size < 2:
         raise ConfigError("--epochs must be >= 1 and --batch-size >= 2 (BatchNorm needs two images a step)")
     if config.checkpoint:
-        read_saliency_checkpoint(config.checkpoint)  # fail early with a clear message
         checkpoint = config.checkpoint
     else:
         checkpoint = str(train_saliency_stage(config, dataset, Path(stage_dir)))
+    read_saliency_checkpoint(checkpoint)  # fail early, once, with a clear message (not once per image)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     return SaliencyJob(str(Path(checkpoint).resolve()), config, threads)
