@@ -120,9 +120,11 @@ def _kill_resume_compare(cmd_for, stage_of, tmp_path: Path, seed: int, kills: in
     rng = np.random.default_rng(seed)
     counts = []
     for k in range(kills):
-        if k == 0:  # by time: start-up, stage.json, the first images
+        if k == 0:  # by time (start-up, stage.json, the first images), or at a random image count if that comes
+            # first: the reference's duration only estimates this run's when the machine's load changes
             when = float(rng.uniform(0.3, 0.8)) * duration
-            counts.append(_kill_at(cmd_for(run), stage / "masks", after_seconds=when))
+            first = int(rng.integers(1, n_images))
+            counts.append(_kill_at(cmd_for(run), stage / "masks", after_seconds=when, at_masks=first))
         else:  # by progress: a random number of finished images
             have = _count(stage / "masks")
             target = int(rng.integers(have + 1, n_images)) if have + 1 < n_images else n_images
