@@ -92,6 +92,30 @@ def _check_no_half_files(stage: Path, reference: Path) -> None:
             assert rows and all(len(r) == len(rows[0]) for r in rows), f"{rel}: a half-written row"
 
 
+def _kill_in_training(cmd: list[str], ckpt: Path, stage: Path, reference: Path, rng, what: str, epochs: int) -> None:
+    """Two kills in training, each after 1-2 new epoch checkpoints plus up to 0.3 s; at least one lands mid-run."""
+    epochs_at_kill = []
+    for _ in range(2):
+        assert _kill_when(cmd, _after_new_versions(ckpt, int(rng.integers(1, 3))), delay=float(rng.uniform(0, 0.3)))
+        epochs_at_kill.append(int(load_checkpoint(ckpt)["epoch"]) if ckpt.exists() else 0)
+        _check_no_half_files(stage, reference)
+    print(f"{what} epochs checkpointed at the kills:", epochs_at_kill)
+    assert any(0 < e < epochs for e in epochs_at_kill), f"no kill landed mid-training: {epochs_at_kill}"
+
+
+def _kill_in_inference(cmd: list[str], stage: Path, reference: Path, rng) -> None:
+    """Two kills in the per-image pass, each after a random number of finished masks; at least one mid-run."""
+    masks_at_kill = []
+    for _ in range(2):
+        have = _count(stage / "masks")
+        target = int(rng.integers(have + 1, N_IMAGES)) if have + 1 < N_IMAGES else N_IMAGES
+        _kill_when(cmd, _at_least(stage / "masks", target))
+        masks_at_kill.append(_count(stage / "masks"))
+        _check_no_half_files(stage, reference)
+    print("masks at the inference kills:", masks_at_kill)
+    assert any(0 < c < N_IMAGES for c in masks_at_kill), f"no kill landed mid-inference: {masks_at_kill}"
+
+
 def _same_files(a: Path, b: Path, sub: str) -> int:
     names = sorted(p.name for p in (b / sub).iterdir())
     assert sorted(p.name for p in (a / sub).iterdir()) == names, sub
@@ -132,23 +156,8 @@ def test_cam_seeds_killed_in_training_and_inference_resume_identically(model_kil
     reference, stage = tmp_path / "ref" / "seeds" / "cam", tmp_path / "run" / "seeds" / "cam"
     ckpt = stage / "classifier.pt"
     rng = np.random.default_rng(11)
-    epochs_at_kill = []
-    for k in range(2):  # in classifier training: after 1-2 new epoch checkpoints, plus up to 0.3 s
-        assert _kill_when(cmd_for(tmp_path / "run"), _after_new_versions(ckpt, int(rng.integers(1, 3))),
-                          delay=float(rng.uniform(0, 0.3)))
-        epochs_at_kill.append(int(load_checkpoint(ckpt)["epoch"]) if ckpt.exists() else 0)
-        _check_no_half_files(stage, reference)
-    print("classifier epochs checkpointed at the kills:", epochs_at_kill)
-    assert any(0 < e < 6 for e in epochs_at_kill), f"no kill landed mid-training: {epochs_at_kill}"
-    masks_at_kill = []
-    for k in range(2):  # in CAM inference: after a random number of finished masks
-        have = _count(stage / "masks")
-        target = int(rng.integers(have + 1, N_IMAGES)) if have + 1 < N_IMAGES else N_IMAGES
-        _kill_when(cmd_for(tmp_path / "run"), _at_least(stage / "masks", target))
-        masks_at_kill.append(_count(stage / "masks"))
-        _check_no_half_files(stage, reference)
-    print("masks at the inference kills:", masks_at_kill)
-    assert any(0 < c < N_IMAGES for c in masks_at_kill), f"no kill landed mid-inference: {masks_at_kill}"
+    _kill_in_training(cmd_for(tmp_path / "run"), ckpt, stage, reference, rng, "classifier", 6)
+    _kill_in_inference(cmd_for(tmp_path / "run"), stage, reference, rng)
     done = _run_to_end(cmd_for(tmp_path / "run"))
     assert "resumed" in done.stdout
     _assert_same_stage(stage, reference, ("masks", "scores"))
@@ -179,26 +188,10 @@ def test_saliency_seeds_killed_in_targets_training_and_inference_resume_identica
     for path in (stage / "targets").iterdir():
         if not path.name.startswith("."):
             assert path.read_bytes() == (reference / "targets" / path.name).read_bytes(), path.name
-    # in training: after 1-2 new epoch checkpoints, plus up to 0.3 s
+    # in training, then in inference
     ckpt = stage / "checkpoint.pt"
-    epochs_at_kill = []
-    for k in range(2):
-        _kill_when(cmd_for(tmp_path / "run"), _after_new_versions(ckpt, int(rng.integers(1, 3))),
-                   delay=float(rng.uniform(0, 0.3)))
-        epochs_at_kill.append(int(load_checkpoint(ckpt)["epoch"]) if ckpt.exists() else 0)
-        _check_no_half_files(stage, reference)
-    print("saliency epochs checkpointed at the kills:", epochs_at_kill)
-    assert any(0 < e < 6 for e in epochs_at_kill), f"no kill landed mid-training: {epochs_at_kill}"
-    # in inference
-    masks_at_kill = []
-    for k in range(2):
-        have = _count(stage / "masks")
-        target = int(rng.integers(have + 1, N_IMAGES)) if have + 1 < N_IMAGES else N_IMAGES
-        _kill_when(cmd_for(tmp_path / "run"), _at_least(stage / "masks", target))
-        masks_at_kill.append(_count(stage / "masks"))
-        _check_no_half_files(stage, reference)
-    print("masks at the inference kills:", masks_at_kill)
-    assert any(0 < c < N_IMAGES for c in masks_at_kill), f"no kill landed mid-inference: {masks_at_kill}"
+    _kill_in_training(cmd_for(tmp_path / "run"), ckpt, stage, reference, rng, "saliency", 6)
+    _kill_in_inference(cmd_for(tmp_path / "run"), stage, reference, rng)
     done = _run_to_end(cmd_for(tmp_path / "run"))
     assert "resumed" in done.stdout
     _assert_same_stage(stage, reference, ("masks", "scores", "saliency", "targets"))
