@@ -50,14 +50,21 @@ def main() -> None:
     parser = _harness.parser(__doc__, out="bench/out/crf")
     parser.add_argument("--refine-options", default="", help="extra options of wsss refine --crf, e.g. "
                                                              "'--relabel ignore'")
+    parser.add_argument("--with-candidates", action="store_true", help="the input seeds are made with wsss "
+                                                                        "candidates + grabcut --agree (voc_boxes)")
     args = parser.parse_args()
 
     bs = _harness.bench_set(args, prefix="bench_crf_")
     out, root, split, ids, view, dataset = bs.out, bs.root, bs.split, bs.ids, bs.view, bs.dataset
     wsss = _harness.wsss_exe()
     run = out / "run"
+    agree = []
+    if args.with_candidates:
+        subprocess.run([wsss, "candidates", "--dataset", str(view), "--split", "bench", "--run", str(run),
+                        "--workers", str(args.workers)], check=True, stdout=subprocess.DEVNULL)
+        agree = ["--agree", str(run / "candidates" / "selective")]
     subprocess.run([wsss, "seeds", "--method", "grabcut", "--dataset", str(view), "--split", "bench", "--run",
-                    str(run), "--workers", str(args.workers)], check=True, stdout=subprocess.DEVNULL)
+                    str(run), "--workers", str(args.workers), *agree], check=True, stdout=subprocess.DEVNULL)
     seeds = StageFolder.open(run / "seeds" / "grabcut")
 
     cm_naive = np.zeros((dataset.num_classes, dataset.num_classes + 1), np.int64)
@@ -80,7 +87,7 @@ def main() -> None:
     q_ours = evaluate_folder(run / "refined" / "crf", dataset)
     q_naive = scores_from_confusion(cm_naive, dataset.classes)
     n = len(ids)
-    print(f"images {n}, dataset {root} split {split}, input: wsss seeds --method grabcut")
+    print(f"images {n}, dataset {root} split {split}, input: wsss seeds --method grabcut {' '.join(agree)}")
     print(f"naive (1 process, {dataset.num_classes} labels, whole image, unary from labels): {t_naive:7.1f} s  "
           f"{n / t_naive:6.2f} img/s  mIoU {q_naive['miou']:.2f}")
     print(f"wsss refine --crf --workers {args.workers} {args.refine_options}: {t_ours:7.1f} s  {n / t_ours:6.2f} "

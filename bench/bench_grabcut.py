@@ -8,6 +8,10 @@ the same call; the ratio is images/s over the reference. Quality of both is prin
 
     nice -n 10 /work/venv/bin/python bench/bench_grabcut.py --dataset ../shared/data/voc-dev --split val --images 60
 
+``--with-candidates``: the measured side is ``wsss candidates`` then ``wsss seeds --method grabcut --agree
+RUN/candidates/selective`` (the voc_boxes recipe's chain); both ratios are printed, the seeds command alone and the
+two commands together.
+
 Without ``--dataset`` a generated demo set (120 images, 128x160) is used.
 """
 
@@ -41,7 +45,9 @@ def naive_grabcut(image: np.ndarray, boxes: np.ndarray, iterations: int = 5) -> 
 
 
 def main() -> None:
-    args = _harness.parser(__doc__, out="bench/out/grabcut").parse_args()
+    p = _harness.parser(__doc__, out="bench/out/grabcut")
+    p.add_argument("--with-candidates", action="store_true", help="measure candidates + grabcut --agree")
+    args = p.parse_args()
     # a split file with just the first --images ids, in a view of the dataset (symlinks, nothing copied)
     bs = _harness.bench_set(args, prefix="bench_gc_")
     out, root, split, ids, view, dataset = bs.out, bs.root, bs.split, bs.ids, bs.view, bs.dataset
@@ -60,8 +66,13 @@ def main() -> None:
     t_naive = time.perf_counter() - t0
 
     # the command
+    t_cands = 0.0
     cmd = [_harness.wsss_exe(), "seeds", "--method", "grabcut", "--dataset", str(view), "--split", "bench", "--run",
            str(out / "run"), "--workers", str(args.workers)]
+    if args.with_candidates:
+        t_cands = _harness.time_command([_harness.wsss_exe(), "candidates", "--dataset", str(view), "--split", "bench",
+                                         "--run", str(out / "run"), "--workers", str(args.workers)])
+        cmd += ["--agree", str(out / "run" / "candidates" / "selective")]
     t_ours = _harness.time_command(cmd)
 
     from wsss.stages.evaluate import evaluate_folder
@@ -75,6 +86,9 @@ def main() -> None:
     print(f"wsss seeds --method grabcut --workers {args.workers}:      {t_ours:7.1f} s  {n / t_ours:6.2f} img/s  "
           f"mIoU {q_ours['miou']:.2f} (labelled {q_ours['labelled_miou']:.2f}, coverage {q_ours['coverage']:.1f}%)")
     print(f"speed-up over naive: {t_naive / t_ours:.2f}x  (target >= 1.8x)")
+    if args.with_candidates:
+        print(f"wsss candidates --workers {args.workers}: {t_cands:7.1f} s; candidates + seeds: {t_cands + t_ours:7.1f} s, "
+              f"speed-up over naive {t_naive / (t_cands + t_ours):.2f}x")
 
 
 if __name__ == "__main__":

@@ -192,6 +192,46 @@ def test_box_covering_whole_image(rng):
     assert _iou(mask == 2, gt == 2) > 0.7
 
 
+def test_agree_band_and_scores_exact_values():
+    from wsss.seeds.grabcut import _agree
+
+    mask = np.array([[0, 2, 2, 255], [0, 2, 0, 0]], np.uint8)
+    agree = np.array([[0, 2, 0, 0], [255, 7, 2, 0]], np.uint8)  # 7: not a box class -> no opinion
+    ids = np.array([0, 2])
+    scores = np.stack([np.full((2, 4), 0.6), np.full((2, 4), 0.4)]).astype(np.float32)
+    out, sc = _agree(mask, scores, ids, agree, 0.25)
+    # labelled and disagreeing -> 255 ([0, 2]: 2 vs 0; [1, 2]: 0 vs 2); 255 stays; no opinion keeps the label
+    assert out.tolist() == [[0, 2, 255, 255], [0, 2, 255, 0]]
+    # opinion 0: (0.6 + 0.25) / 1.25 = 0.68 background; opinion 2: 0.4 + 0.25 -> 0.52 class 2; none: unchanged
+    np.testing.assert_allclose(sc[:, 0, 0], [0.68, 0.32], atol=1e-6)
+    np.testing.assert_allclose(sc[:, 0, 1], [0.48, 0.52], atol=1e-6)
+    np.testing.assert_allclose(sc[:, 1, 0], [0.6, 0.4], atol=1e-6)
+    np.testing.assert_allclose(sc[:, 1, 1], [0.6, 0.4], atol=1e-6)
+    np.testing.assert_allclose(sc.sum(0), 1.0, atol=1e-6)
+    assert mask[0, 2] == 2  # the input is not modified
+    same, sc0 = _agree(mask, scores, ids, agree, 0.0)  # weight 0: the band only
+    assert same.tolist() == out.tolist() and np.array_equal(sc0, scores)
+
+
+def test_grabcut_seeds_agree_with_gt_labels_only_true_pixels(rng):
+    """With the ground truth as the second opinion every labelled pixel is right, and the band is what GrabCut
+    got wrong plus its own doubt."""
+    img, gt, boxes = _scene(rng, objects=((2, (40, 44), 20), (1, (60, 80), 12)))
+    plain, _, _ = grabcut_seeds(img, boxes, max_side=0)
+    with pytest.raises(ValueError, match="second-opinion mask"):
+        grabcut_seeds(img, boxes, agree=gt[:-1])
+    wrong = box_fill(gt.shape, boxes)  # box fill: the box corners disagree with GrabCut's background there
+    mask, scores, ids = grabcut_seeds(img, boxes, max_side=0, agree=wrong)
+    lab = mask != 255
+    assert (mask[lab] == wrong[lab]).all()
+    assert ((plain != 255) & (plain != wrong) == (mask == 255) & (plain != 255)).all()
+    assert (mask == 255).sum() > (plain == 255).sum() + 100  # the corners of both discs' boxes
+    _, base, _ = grabcut_seeds(img, boxes, max_side=0)
+    ch = {int(c): k for k, c in enumerate(ids)}
+    corners = (wrong == 2) & (gt == 0)
+    assert (scores[ch[2]][corners] > base[ch[2]][corners]).all()  # moved towards the opinion
+
+
 # ------------------------------------------------------------------------------------------------ stage + CLI
 def test_seeds_cli_box_and_grabcut(demo_root, tmp_path):
     runner = CliRunner()
@@ -222,6 +262,42 @@ def test_seeds_cli_box_and_grabcut(demo_root, tmp_path):
     one = read_json(run / "seeds" / "grabcut" / "stage.json")
     assert one["config"]["extra_cores"] == [] and gc["config"]["extra_cores"] == [0.3, 0.7]
     assert one["quality"]["miou"] > 80
+
+
+def test_seeds_cli_agree_folder(demo_root, tmp_path):
+    """--agree: a folder of masks as the second opinion; labelled pixels agree with it, a missing image fails alone
+    naming the folder, a folder without any image of the split is refused up front."""
+    import shutil
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    opinion = tmp_path / "opinion"
+    shutil.copytree(demo_root / "SegmentationClass", opinion)
+    ids = sorted(p.stem for p in opinion.glob("*.png"))
+    (opinion / f"{ids[0]}.png").unlink()
+    res = runner.invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(demo_root), "--run", str(run),
+                               "--iterations", "3", "--agree", str(opinion)])
+    assert res.exit_code == 1, res.output
+    rows = {r["image_id"]: r for r in read_csv(run / "seeds" / "grabcut" / "manifest.csv")}
+    assert rows[ids[0]]["status"] == "failed" and str(opinion) in rows[ids[0]]["error"]
+    assert sum(r["status"] == "ok" for r in rows.values()) == len(rows) - 1
+    for image_id, r in rows.items():
+        if r["status"] == "ok":
+            mask = read_mask(run / "seeds" / "grabcut" / r["mask"])
+            gt = read_mask(demo_root / "SegmentationClass" / f"{image_id}.png")
+            lab = (mask != 255) & (gt != 255)
+            assert lab.mean() > 0.5 and (mask[lab] == gt[lab]).all()
+    info = read_json(run / "seeds" / "grabcut" / "stage.json")
+    assert info["config"]["agree"] == str(opinion) and info["quality"]["labelled_miou"] == pytest.approx(100.0)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "other.png").write_bytes((opinion / f"{ids[1]}.png").read_bytes())
+    res = runner.invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(demo_root), "--run",
+                               str(tmp_path / "run2"), "--agree", str(empty)])
+    assert res.exit_code == 2 and "no mask there for any image" in res.output
+    res = runner.invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(demo_root), "--run",
+                               str(tmp_path / "run3"), "--agree", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "nope" in res.output
 
 
 def test_bad_boxes_are_per_image_errors(demo_copy, tmp_path):

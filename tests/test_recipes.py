@@ -290,3 +290,38 @@ def test_run_json_keeps_the_wall_time_that_made_each_folder(demo_root, tmp_path,
     run_recipe(parse_recipe(CHAIN), demo_root, run_dir, echo=lambda _: None)  # all resumed: unchanged
     steps = read_json(run_dir / "run.json")["steps"]
     assert [s["wall_seconds"] for s in steps] == made and [s["status"] for s in steps] == ["resumed"] * 2
+
+
+def test_candidates_step_feeds_grabcut_agree(demo_root, tmp_path):
+    """A recipe's candidates step as GrabCut's optional 'agree' input gives the same masks as the CLI's --agree
+    pointing at the same folder, and stage.json records the upstream."""
+    recipe = {"name": "agree", "split": "trainval", "steps": [
+        {"name": "cands", "stage": "candidates", "method": "selective", "config": {"sheets": 0}},
+        {"name": "gc", "stage": "seeds", "method": "grabcut", "inputs": {"agree": "cands"},
+         "config": {"iterations": 2}},
+    ]}
+    run_dir = tmp_path / "run"
+    results = run_recipe(parse_recipe(recipe), demo_root, run_dir, echo=lambda _: None)
+    assert [r.status for r in results] == ["ran", "ran"]
+    info = read_json(run_dir / "seeds/grabcut/stage.json")
+    assert info["inputs"]["upstream"] == {"agree": str(run_dir / "candidates/selective")}
+    res = CliRunner().invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(demo_root), "--run",
+                                    str(tmp_path / "cli"), "--iterations", "2", "--agree",
+                                    str(run_dir / "candidates/selective")])
+    assert res.exit_code == 0, res.output
+    plain = CliRunner().invoke(main, ["seeds", "--method", "grabcut", "--dataset", str(demo_root), "--run",
+                                      str(tmp_path / "plain"), "--iterations", "2"])
+    assert plain.exit_code == 0, plain.output
+    differ = 0
+    for image_id in ("demo_0000", "demo_0003", "demo_0007", "demo_0011"):
+        a = read_mask(run_dir / "seeds/grabcut/masks" / f"{image_id}.png")
+        assert np.array_equal(a, read_mask(tmp_path / "cli/seeds/grabcut/masks" / f"{image_id}.png"))
+        cand = read_mask(run_dir / "candidates/selective/masks" / f"{image_id}.png")
+        lab = (a != IGNORE) & (cand != IGNORE)
+        assert (a[lab] == cand[lab]).all()
+        differ += int((a != read_mask(tmp_path / "plain/seeds/grabcut/masks" / f"{image_id}.png")).sum())
+    assert differ > 0
+    # both ways at once is refused
+    bad = dict(recipe, steps=[recipe["steps"][0], dict(recipe["steps"][1], config={"agree": str(tmp_path)})])
+    with pytest.raises(ConfigError, match="once"):
+        run_recipe(parse_recipe(bad), demo_root, tmp_path / "bad", echo=lambda _: None)

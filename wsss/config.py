@@ -310,6 +310,11 @@ class GrabCutConfig:
                                                         "probabilities averaged ('' = one run)")
     score_prior: float = option(0.35, "tight-box prior on the written scores: a box's foreground probability p "
                                       "becomes p(1-t)/(p(1-t)+(1-p)t) (p = t -> 0.5; 0.5 = unchanged)")
+    agree: typing.Optional[str] = option(None, "stage folder (or folder of mask PNGs) giving a second opinion per "
+                                               "pixel, e.g. RUN/candidates/selective (wsss candidates: the "
+                                               "box-matching regions): labelled pixels where it differs become 255, "
+                                               "the scores move towards it")
+    agree_weight: float = option(0.25, "weight of the --agree opinion in the scores: s = (s + w onehot) / (1 + w)")
 
 
 @dataclass(frozen=True)

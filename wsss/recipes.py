@@ -61,6 +61,8 @@ class StageKind:
 
 STAGES: dict[str, StageKind] = {
     "seeds": StageKind("wsss.stages.seeds", "SEED_METHODS", "seeds", "seed masks from tags / boxes"),
+    "candidates": StageKind("wsss.stages.candidates", "CANDIDATE_METHODS", "candidates",
+                            "candidate masks per image (selective search; masks/ = each box's best-fitting one)"),
     "label": StageKind("wsss.stages.label", "LABEL_GUIDES", "labels", "pseudo labels fused from seeds"),
     "refine": StageKind("wsss.stages.refine", "REFINERS", "refined", "dense-CRF refinement of a mask stage"),
     "train": StageKind("wsss.models", "MODELS", "train", "segmentation network trained on a mask stage (or GT)",
@@ -106,7 +108,8 @@ def stage_roles(stage: str, spec) -> tuple[tuple[str, ...], tuple[str, ...]]:
     kind = STAGES[stage]
     if kind.roles is not None:
         return kind.roles, kind.optional
-    return tuple(getattr(spec, "upstream", ()) or ()), ()
+    optional = tuple(getattr(spec, "optional_upstream", ()) or ())
+    return tuple(getattr(spec, "upstream", ()) or ()) + optional, optional
 
 
 def available_stages() -> dict[str, list[str]]:

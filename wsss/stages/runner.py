@@ -360,7 +360,8 @@ class MethodSpec:
 
     ``make_job(config, stage_dir=..., dataset=..., upstream=..., workers=...)`` may do a training step first (CAM,
     saliency) and must be resumable from what it leaves in ``stage_dir``. ``upstream`` names the upstream stage
-    folders the method reads (e.g. ``("seeds",)``), ``torch_threads`` caps torch's threads in pool workers.
+    folders the method reads (e.g. ``("seeds",)``), ``optional_upstream`` those it may read (a recipe maps them
+    under ``inputs``; the CLI gives them as options), ``torch_threads`` caps torch's threads in pool workers.
     """
 
     config_cls: type
@@ -368,6 +369,7 @@ class MethodSpec:
     summary: str
     writes_scores: bool = False
     upstream: tuple[str, ...] = ()
+    optional_upstream: tuple[str, ...] = ()
     torch_threads: int | None = None
 
 

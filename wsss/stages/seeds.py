@@ -37,17 +37,56 @@ class BoxFillJob:
         return ImageResult(box_fill(sample.image.shape[:2], _boxes_or_error(sample)))
 
 
+_AGREE_FOLDERS: dict = {}  # per-process cache of the --agree stage folder
+
+
 @dataclass
 class GrabCutJob:
     config: "GrabCutConfig"
+    num_classes: int | None = None
+    agree_dir: str | None = None  # the second-opinion folder: --agree, or a recipe's ``inputs: {agree: STEP}``
     needs_image = True
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
+        from ..errors import ImageError
         from ..seeds.grabcut import grabcut_seeds
+        from .folder import StageFolder
 
-        mask, scores, class_ids = grabcut_seeds(sample.image, _boxes_or_error(sample),
-                                                **dataclasses.asdict(self.config))
+        options = dataclasses.asdict(self.config)
+        del options["agree"]
+        agree_dir = self.agree_dir
+        agree = None
+        if agree_dir:
+            if agree_dir not in _AGREE_FOLDERS:
+                _AGREE_FOLDERS.clear()
+                _AGREE_FOLDERS[agree_dir] = StageFolder.open(agree_dir)
+            agree = _AGREE_FOLDERS[agree_dir].mask(sample.id, self.num_classes)
+            if agree.shape != sample.image.shape[:2]:
+                raise ImageError(f"{agree_dir}: the mask of {sample.id!r} is {agree.shape[1]}x{agree.shape[0]}, the "
+                                 f"image {sample.image.shape[1]}x{sample.image.shape[0]}; --agree needs a stage "
+                                 "folder made from this dataset (re-run it, e.g. wsss candidates)")
+        mask, scores, class_ids = grabcut_seeds(sample.image, _boxes_or_error(sample), agree=agree, **options)
         return ImageResult(mask, scores=scores, class_ids=class_ids)
+
+
+def _grabcut_job(config, *, dataset, upstream=None, **_):
+    """The GrabCut job; the second-opinion folder (``--agree`` or the upstream role ``agree``) must exist and hold
+    masks for some image of the split."""
+    from ..errors import ConfigError
+    from .folder import StageFolder
+
+    if config.agree_weight < 0:
+        raise ConfigError(f"--agree-weight {config.agree_weight}: give a weight >= 0")
+    given = (upstream or {}).get("agree")
+    if given is not None and config.agree:
+        raise ConfigError("give the second opinion once: --agree or the recipe input 'agree', not both")
+    agree_dir = str(given.path) if given is not None else config.agree
+    if agree_dir:
+        folder = given if given is not None else StageFolder.open(agree_dir)  # StageError naming a bad path
+        if not any(folder.has(i) for i in dataset.ids):
+            raise ConfigError(f"--agree {agree_dir}: no mask there for any image of this split; make it from the "
+                              f"same dataset and split first (e.g. wsss candidates --split ...)")
+    return GrabCutJob(config, dataset.num_classes, agree_dir)
 
 
 def _boxes_or_error(sample: Sample):
@@ -147,9 +186,10 @@ SEED_METHODS: dict[str, MethodSpec] = {
                       writes_scores=True),
     "box": MethodSpec(BoxConfig, lambda config, **_: BoxFillJob(config),
                       "plain box fill, smaller boxes over larger (the box baseline)"),
-    "grabcut": MethodSpec(GrabCutConfig, lambda config, **_: GrabCutJob(config),
-                          "GrabCut per box with the box prior; doubtful band 255; soft scores for a CRF",
-                          writes_scores=True),
+    "grabcut": MethodSpec(GrabCutConfig, _grabcut_job,
+                          "GrabCut per box with the box prior; doubtful band 255; soft scores for a CRF; --agree: "
+                          "labelled only where a second opinion (e.g. RUN/candidates/selective) agrees",
+                          writes_scores=True, optional_upstream=("agree",)),
     "threshold": MethodSpec(ThresholdConfig, _threshold_job, "Otsu / fixed grey-level threshold, classes from tags"),
     "saliency": MethodSpec(SaliencyConfig, _saliency_job, "class-agnostic saliency net trained on GrabCut-from-box "
                            "targets (Oh et al. 2017); masks: salient = the tag if one, else 255", writes_scores=True),
