@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from wsss.datasets import make_demo_data
+from wsss.io import load_checkpoint
 
 WSSS = [sys.executable, "-m", "wsss.cli"] if not (Path(sys.executable).parent / "wsss").exists() else \
     [str(Path(sys.executable).parent / "wsss")]
@@ -67,28 +68,33 @@ def _kill_at(cmd: list[str], masks: Path, *, after_seconds: float | None = None,
 
 
 def _check_no_half_files(stage: Path, reference: Path) -> None:
-    """Every file a reader would take as an output is whole: masks equal the reference, JSON/CSV parse."""
+    """Every file a reader would take as an output is whole: masks equal the uninterrupted run's, images decode,
+    arrays and checkpoints load, JSON parses, every CSV row has every column (training logs included)."""
     if not stage.exists():
         return
     for path in stage.rglob("*"):
         if not path.is_file() or path.name.startswith("."):
             continue  # hidden ".<name>.<random>.tmp" files are atomic_write's, never read, deleted on resume
         rel = path.relative_to(stage)
-        if rel.parts[0] in ("masks", "scores", "overlays") or path.suffix in (".png", ".npz", ".pt"):
-            ref = reference / rel
-            if ref.exists() and rel.parts[0] == "masks":
-                assert path.read_bytes() == ref.read_bytes(), f"{rel} differs from the uninterrupted run"
-            elif path.suffix == ".png":
-                with Image.open(path) as im:
-                    im.load()
-            elif path.suffix == ".npz":
-                with np.load(path, allow_pickle=False) as data:
-                    [data[k] for k in data.files]
+        if rel.parts[0] == "masks" and (reference / rel).exists():
+            assert path.read_bytes() == (reference / rel).read_bytes(), f"{rel} differs from the uninterrupted run"
+        elif path.suffix == ".png":
+            with Image.open(path) as im:
+                im.load()
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                [data[k] for k in data.files]
+        elif path.suffix == ".pt":
+            load_checkpoint(path)
         elif path.suffix == ".json":
             json.loads(path.read_text())
         elif path.suffix == ".csv":
-            rows = list(csv.DictReader(path.open()))
-            assert all(r.get("status") for r in rows)
+            with path.open(newline="") as fh:
+                rows = list(csv.reader(fh))
+            assert rows and all(len(r) == len(rows[0]) for r in rows), f"{rel}: a half-written row"
+            if "status" in rows[0]:  # a manifest: every row has its status
+                col = rows[0].index("status")
+                assert all(r[col] for r in rows[1:]), f"{rel}: a row without a status"
 
 
 def _manifest(stage: Path) -> list[tuple[str, str, str, str]]:

@@ -9,8 +9,6 @@ must be whole. The helpers come from tests/test_kill.py.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import signal
 import subprocess
@@ -20,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from test_kill import ENV, WSSS, _checkpoints_seen, _count, _manifest, _run_to_end
+from test_kill import ENV, WSSS, _check_no_half_files, _checkpoints_seen, _count, _manifest, _run_to_end
 from wsss.datasets import make_demo_data
 from wsss.io import load_checkpoint, read_json
 
@@ -63,33 +60,6 @@ def _after_new_versions(path: Path, count: int):
 
 def _at_least(folder: Path, n: int):
     return lambda: _count(folder) >= n
-
-
-def _check_no_half_files(stage: Path, reference: Path) -> None:
-    """Every file a reader would take as an output is whole: masks equal the uninterrupted run's, images decode,
-    arrays and checkpoints load, JSON parses, every CSV row has every column (training logs included)."""
-    if not stage.exists():
-        return
-    for path in stage.rglob("*"):
-        if not path.is_file() or path.name.startswith("."):
-            continue  # hidden ".<name>.<random>.tmp" files are atomic_write's, never read, deleted on resume
-        rel = path.relative_to(stage)
-        if rel.parts[0] == "masks" and (reference / rel).exists():
-            assert path.read_bytes() == (reference / rel).read_bytes(), f"{rel} differs from the uninterrupted run"
-        elif path.suffix == ".png":
-            with Image.open(path) as im:
-                im.load()
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                [data[k] for k in data.files]
-        elif path.suffix == ".pt":
-            load_checkpoint(path)
-        elif path.suffix == ".json":
-            json.loads(path.read_text())
-        elif path.suffix == ".csv":
-            with path.open(newline="") as fh:
-                rows = list(csv.reader(fh))
-            assert rows and all(len(r) == len(rows[0]) for r in rows), f"{rel}: a half-written row"
 
 
 def _kill_in_training(cmd: list[str], ckpt: Path, stage: Path, reference: Path, rng, what: str, epochs: int) -> None:
