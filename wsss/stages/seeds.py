@@ -48,6 +48,8 @@ class GrabCutJob:
     needs_image = True
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
+        import os
+
         from ..errors import ImageError
         from ..seeds.grabcut import grabcut_seeds
         from .folder import StageFolder
@@ -57,10 +59,12 @@ class GrabCutJob:
         agree_dir = self.agree_dir
         agree = None
         if agree_dir:
-            if agree_dir not in _AGREE_FOLDERS:
+            manifest = os.path.join(agree_dir, "manifest.csv")
+            key = (agree_dir, os.path.getmtime(manifest) if os.path.exists(manifest) else None)
+            if key not in _AGREE_FOLDERS:  # opened once per process (and again if the folder was re-run)
                 _AGREE_FOLDERS.clear()
-                _AGREE_FOLDERS[agree_dir] = StageFolder.open(agree_dir)
-            agree = _AGREE_FOLDERS[agree_dir].mask(sample.id, self.num_classes)
+                _AGREE_FOLDERS[key] = StageFolder.open(agree_dir)
+            agree = _AGREE_FOLDERS[key].mask(sample.id, self.num_classes)
             if agree.shape != sample.image.shape[:2]:
                 raise ImageError(f"{agree_dir}: the mask of {sample.id!r} is {agree.shape[1]}x{agree.shape[0]}, the "
                                  f"image {sample.image.shape[1]}x{sample.image.shape[0]}; --agree needs a stage "
