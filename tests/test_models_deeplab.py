@@ -69,3 +69,34 @@ def test_vgg16_features_pools():
     feats = vgg16_features()
     pools = [i for i, m in enumerate(feats) if isinstance(m, torch.nn.MaxPool2d)]
     assert pools == [4, 9, 16, 23, 30]
+
+
+def test_backbone_from_a_cam_classifier_checkpoint(tmp_path):
+    """--weights PATH: a wsss CAM classifier's ResNet becomes the segmentation backbone, tensor for tensor; a
+    classifier of another depth, a model without a ResNet backbone and a file without a model are clear errors."""
+    from wsss.io import save_checkpoint
+    from wsss.models.classifier import build_classifier
+
+    torch.manual_seed(3)
+    clf = build_classifier(num_classes=20, backbone="resnet18")
+    with torch.no_grad():  # make the BN statistics distinctive too
+        for m in clf.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+    path = tmp_path / "classifier.pt"
+    save_checkpoint(path, {"model": clf.state_dict(), "meta": {"backbone": "resnet18"}})
+    model = build_model("deeplabv2", num_classes=21, backbone="resnet18", weights=str(path))
+    source = {k: v for k, v in clf.state_dict().items() if not k.startswith("classifier.")}
+    target = model.backbone.state_dict()
+    assert set(source) == set(target) and all(torch.equal(source[k], target[k]) for k in source)
+    random_init = build_model("deeplabv2", num_classes=21, backbone="resnet18")
+    assert not torch.equal(random_init.backbone.layer1[0].bn1.running_mean, target["layer1.0.bn1.running_mean"])
+    with pytest.raises(ConfigError, match=r"resnet50 backbone \(it is a resnet18\).*--backbone resnet18"):
+        build_model("deeplabv2", num_classes=21, backbone="resnet50", weights=str(path))
+    with pytest.raises(ConfigError, match="has none"):
+        build_model("unet", num_classes=2, weights=str(path))
+    save_checkpoint(tmp_path / "other.pt", [1, 2, 3])
+    with pytest.raises(ConfigError, match="not a wsss classifier checkpoint"):
+        build_model("deeplabv2", num_classes=21, backbone="resnet18", weights=str(tmp_path / "other.pt"))
+    with pytest.raises(ConfigError, match="no such file.*imagenet"):
+        build_model("deeplabv2", num_classes=21, backbone="resnet18", weights=str(tmp_path / "missing.pt"))

@@ -87,7 +87,9 @@ class BoxSupConfig:
     model: str = option("deeplabv2", "segmentation model of the registry trained each round")
     backbone: typing.Optional[str] = option(None, "model backbone (default: the model's paper backbone)")
     weights: typing.Optional[str] = option(None, "'imagenet' loads torchvision's ImageNet weights into the "
-                                                 "backbone (downloads once); default: random init", ("imagenet",))
+                                                 "backbone (downloads once), a path to a wsss CAM classifier "
+                                                 "checkpoint (RUN/seeds/cam/classifier.pt) its ResNet; default: "
+                                                 "random init")
     iterations: int = option(2000, "training iterations per round")
     batch_size: int = option(10, "training batch size")
     lr: float = option(2.5e-4, "base learning rate (head x10, poly decay)")
@@ -346,7 +348,9 @@ class TrainConfig:
     backbone: typing.Optional[str] = option(None, "backbone, e.g. resnet101, resnet50, resnet18 (default: the "
                                                   "model's paper backbone)")
     weights: typing.Optional[str] = option(None, "'imagenet' loads torchvision's ImageNet weights into the backbone "
-                                                 "(downloads once); default: random initialisation")
+                                                 "(downloads once); a path to a wsss CAM classifier checkpoint "
+                                                 "(RUN/seeds/cam/classifier.pt, trained on the tags) loads its "
+                                                 "ResNet; default: random initialisation")
     iterations: int = option(20000, "training iterations (the paper: 20k at batch 10 on VOC)")
     batch_size: int = option(10, "images per iteration and process")
     lr: float = option(2.5e-4, "base learning rate (backbone); poly decay to 0")

@@ -44,11 +44,18 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(name: str, *, num_classes: int, backbone: str | None = None, weights: str | None = None,
                 **kw) -> nn.Module:
-    """Build registered model ``name``; ``backbone=None`` keeps the builder's (the paper's) default."""
+    """Build registered model ``name``; ``backbone=None`` keeps the builder's (the paper's) default. ``weights``: None
+    (random init), ``"imagenet"`` or the path of a wsss CAM classifier checkpoint (its ResNet becomes the backbone)."""
     if name not in MODELS:
         raise ConfigError(f"--model {name!r}: unknown model; choose one of {', '.join(sorted(MODELS))}")
     if backbone is not None:
         kw["backbone"] = backbone
+    from .backbones import init_backbone_from_checkpoint, is_checkpoint_weights
+
+    if is_checkpoint_weights(weights):  # a wsss classifier checkpoint: its ResNet initialises the backbone
+        model = MODELS[name](num_classes=num_classes, weights=None, **kw)
+        init_backbone_from_checkpoint(model, weights)
+        return model
     return MODELS[name](num_classes=num_classes, weights=weights, **kw)
 
 

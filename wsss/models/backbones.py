@@ -1,7 +1,9 @@
 """Backbones from torchvision: dilated ResNets (output stride 8/16/32) and VGG16 features.
 
 ``weights=None`` (default) is random initialisation and never touches the network; ``weights="imagenet"`` loads
-torchvision's ImageNet weights enum (downloaded once into torch's cache by torchvision itself).
+torchvision's ImageNet weights enum (downloaded once into torch's cache by torchvision itself). A segmentation model's
+ResNet backbone can also start from a wsss CAM classifier checkpoint (:func:`init_backbone_from_checkpoint`): the
+classifier was trained on the same images' tags, so it is the pre-training available without a download.
 """
 
 from __future__ import annotations
@@ -100,6 +102,43 @@ class ResNetBackbone(nn.Module):
         c3 = self.layer3(c2)
         c4 = self.layer4(c3)
         return [c1, c2, c3, c4]
+
+
+def is_checkpoint_weights(weights) -> bool:
+    """True when ``weights`` names a checkpoint file rather than random init or ``imagenet``."""
+    return weights is not None and str(weights).lower() not in ("none", "random", "", "imagenet")
+
+
+def init_backbone_from_checkpoint(model: nn.Module, path) -> None:
+    """Copy the ResNet of a wsss CAM classifier checkpoint (``RUN/seeds/cam/classifier.pt``; its ``model`` state
+    without the ``classifier.*`` layer) into ``model.backbone``. Read with ``weights_only=True``; the backbone's
+    architecture must match (the same ``--backbone``), else :class:`ConfigError` naming the file and the fix."""
+    from pathlib import Path
+
+    from ..io import load_checkpoint
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--weights {str(path)!r}: no such file; use 'imagenet' (torchvision's ImageNet weights), the "
+                          "path of a wsss CAM classifier checkpoint (RUN/seeds/cam/classifier.pt) or leave it out "
+                          "(random init)")
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, ResNetBackbone):
+        raise ConfigError(f"--weights {path}: a classifier checkpoint initialises a ResNet backbone, and "
+                          f"{type(model).__name__} has none; use a ResNet model (e.g. deeplabv2) or leave --weights out")
+    state = load_checkpoint(path)
+    weights = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise ConfigError(f"{path}: not a wsss classifier checkpoint (no model state); give RUN/seeds/cam/classifier.pt")
+    weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+    expected = backbone.state_dict()
+    trained_arch = (state.get("meta") or {}).get("backbone") if isinstance(state.get("meta"), dict) else None
+    wrong = sorted(set(expected) ^ set(weights))
+    wrong += [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise ConfigError(f"{path}: its network does not fit a {backbone.arch} backbone"
+                          f"{f' (it is a {trained_arch})' if trained_arch else ''}, first mismatch {wrong[0]!r}; "
+                          f"give --backbone {trained_arch or 'of the classifier'} or another checkpoint")
+    backbone.load_state_dict(weights, strict=True)
 
 
 def resnet_backbone(arch: str = "resnet101", *, weights: str | None = None, output_stride: int = 8) -> ResNetBackbone:
