@@ -74,6 +74,7 @@ def test_vgg16_features_pools():
 def test_backbone_from_a_cam_classifier_checkpoint(tmp_path):
     """--weights PATH: a wsss CAM classifier's ResNet becomes the segmentation backbone, tensor for tensor; a
     classifier of another depth, a model without a ResNet backbone and a file without a model are clear errors."""
+    from wsss.errors import UnsafeFileError
     from wsss.io import save_checkpoint
     from wsss.models.classifier import build_classifier
 
@@ -96,7 +97,7 @@ def test_backbone_from_a_cam_classifier_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="has none"):
         build_model("unet", num_classes=2, weights=str(path))
     save_checkpoint(tmp_path / "other.pt", [1, 2, 3])
-    with pytest.raises(ConfigError, match="not a wsss classifier checkpoint"):
+    with pytest.raises(UnsafeFileError, match="not a wsss classifier checkpoint"):  # the classifier reader's refusal
         build_model("deeplabv2", num_classes=21, backbone="resnet18", weights=str(tmp_path / "other.pt"))
     with pytest.raises(ConfigError, match="no such file.*imagenet"):
         build_model("deeplabv2", num_classes=21, backbone="resnet18", weights=str(tmp_path / "missing.pt"))

@@ -111,11 +111,12 @@ def is_checkpoint_weights(weights) -> bool:
 
 def init_backbone_from_checkpoint(model: nn.Module, path) -> None:
     """Copy the ResNet of a wsss CAM classifier checkpoint (``RUN/seeds/cam/classifier.pt``; its ``model`` state
-    without the ``classifier.*`` layer) into ``model.backbone``. Read with ``weights_only=True``; the backbone's
+    without the ``classifier.*`` layer) into ``model.backbone``. Read by the classifier's own reader
+    (:func:`wsss.train_classifier.read_checkpoint`: ``weights_only=True``, foreign files refused); the backbone's
     architecture must match (the same ``--backbone``), else :class:`ConfigError` naming the file and the fix."""
     from pathlib import Path
 
-    from ..io import load_checkpoint
+    from ..train_classifier import read_checkpoint
 
     if not Path(path).is_file():
         raise ConfigError(f"--weights {str(path)!r}: no such file; use 'imagenet' (torchvision's ImageNet weights), the "
@@ -125,13 +126,10 @@ def init_backbone_from_checkpoint(model: nn.Module, path) -> None:
     if not isinstance(backbone, ResNetBackbone):
         raise ConfigError(f"--weights {path}: a classifier checkpoint initialises a ResNet backbone, and "
                           f"{type(model).__name__} has none; use a ResNet model (e.g. deeplabv2) or leave --weights out")
-    state = load_checkpoint(path)
-    weights = state.get("model", state) if isinstance(state, dict) else None
-    if not isinstance(weights, dict):
-        raise ConfigError(f"{path}: not a wsss classifier checkpoint (no model state); give RUN/seeds/cam/classifier.pt")
-    weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+    state = read_checkpoint(path)
+    weights = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
     expected = backbone.state_dict()
-    trained_arch = (state.get("meta") or {}).get("backbone") if isinstance(state.get("meta"), dict) else None
+    trained_arch = state["meta"].get("backbone") if isinstance(state["meta"], dict) else None
     wrong = sorted(set(expected) ^ set(weights))
     wrong += [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
     if wrong:
