@@ -5,7 +5,7 @@ contiguous layout) per scale and per flip, then the same ReLU / flip-back / upsa
 The module batches each scale with its flip, folds BatchNorm into the convs, and optionally uses channels_last and
 bf16 autocast. Every variant is timed on the same images in the same run; the ratio is images/s over the reference.
 
-    nice -n 10 /work/venv/bin/python bench/bench_cam.py --backbone resnet50 --images 8 --size 240x320
+    python bench/bench_cam.py --backbone efficientnet_lite0 --images 8 --size 240x320
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from wsss.models.classifier import build_classifier
+from wsss.train_classifier import load_classifier
 from wsss.seeds.cam import DEFAULT_SCALES, cam_seed_mask, cam_uses_bf16, multiscale_cam, prepare_for_inference, \
     scaled_size
 
@@ -45,6 +46,7 @@ def naive_cam(model, image, labels, scales=DEFAULT_SCALES):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--weights", default="auto", help="backbone init (auto: ImageNet for EfficientNet-Lite)")
     parser.add_argument("--checkpoint", default=None, help="classifier.pt from a cam stage (default: seeded init)")
     parser.add_argument("--num-classes", type=int, default=20)
     parser.add_argument("--images", type=int, default=6)
@@ -55,11 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_classifier(num_classes=args.num_classes, backbone=args.backbone)
+    model = build_classifier(num_classes=args.num_classes, backbone=args.backbone, weights=args.weights)
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        model = build_classifier(num_classes=state["meta"]["num_classes"], backbone=state["meta"]["backbone"])
-        model.load_state_dict(state["model"])
+        model = load_classifier(args.checkpoint)
     model.eval()
     h, w = (int(v) for v in args.size.split("x"))
     rng = np.random.default_rng(0)

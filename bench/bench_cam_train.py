@@ -6,7 +6,7 @@ autocast where ``--precision auto`` turns it on (CUDA, or a CPU with native bf16
 and alternates one step of each on the same random batch, swapping the order every step, so that a change of the
 machine's load hits both alike; medians of wall time and process CPU time per step, first step left out.
 
-    nice -n 10 python bench/bench_cam_train.py --backbone resnet18 --crop 224 --batch 16 --steps 6
+    python bench/bench_cam_train.py --backbone efficientnet_lite0 --crop 256 --batch 16 --steps 6
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from wsss.seeds.cam import bf16_autocast, cam_uses_bf16
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--weights", default="auto", help="backbone init (auto: ImageNet for EfficientNet-Lite)")
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (after one warm-up step)")
@@ -34,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     torch.manual_seed(0)
-    base = build_classifier(num_classes=20, backbone=args.backbone)
+    base = build_classifier(num_classes=20, backbone=args.backbone, weights=args.weights)
     bf16 = cam_uses_bf16("auto", device)
     variants = {"naive (fp32, contiguous)": (copy.deepcopy(base), False, False),
                 f"wsss (channels_last{', bf16' if bf16 else ''})":

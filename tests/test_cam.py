@@ -90,7 +90,7 @@ def test_classifier_forward_backward_finite():
 def test_classifier_rejects_unknown_backbone_and_weights():
     with pytest.raises(ValueError, match="resnet18"):
         build_classifier(num_classes=3, backbone="vgg16")
-    with pytest.raises(ConfigError, match="use 'imagenet'"):  # the shared weights helper's error (CLI exit 2)
+    with pytest.raises(ConfigError, match="'coco': no such file; give --weights imagenet"):  # one parser (exit 2)
         build_classifier(num_classes=3, backbone="resnet18", weights="coco")
 
 

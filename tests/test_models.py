@@ -206,7 +206,7 @@ def test_deeplabv1_largefov_layout():
     fc6 = model.backbone.fc6
     assert fc6.dilation == (12, 12) and fc6.kernel_size == (3, 3) and fc6.out_channels == 1024
     with torch.inference_mode():
-        assert model.backbone(torch.randn(1, 3, 64, 64)).shape[-2:] == (8, 8)  # output stride 8
+        assert model.backbone(torch.randn(1, 3, 64, 64))[-1].shape[-2:] == (8, 8)  # output stride 8
 
 
 def test_deeplabv3plus_aspp_and_decoder():

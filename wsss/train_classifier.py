@@ -8,7 +8,7 @@ Images that cannot be loaded (unreadable, truncated, broken annotation) are left
 ``train_skipped.csv``; the per-image pass then lists them as failures.
 
 Augmentation (torchvision.transforms.v2): random rescale (long side drawn in ``resize_long``), random crop of
-``crop_size`` (zero-padded when smaller), horizontal flip, colour jitter, ImageNet normalisation.
+``crop_size`` (zero-padded when smaller), horizontal flip, colour jitter, the backbone's input normalisation.
 """
 
 from __future__ import annotations
@@ -46,10 +46,8 @@ def resolve_device(name: str) -> torch.device:
 class TagDataset(torch.utils.data.Dataset):
     """(augmented image (3, crop, crop) float, multi-hot tags (K,) float) pairs for classifier training."""
 
-    def __init__(self, dataset: Dataset, ids: list[str], config: CamConfig):
+    def __init__(self, dataset: Dataset, ids: list[str], config: CamConfig, normalisation: tuple):
         from torchvision.transforms import v2
-
-        from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
         if len(config.resize_long) != 2 or config.resize_long[0] > config.resize_long[1]:
             raise ConfigError(f"resize_long {config.resize_long}: give MIN,MAX pixels with MIN <= MAX")
@@ -60,7 +58,7 @@ class TagDataset(torch.utils.data.Dataset):
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            v2.Normalize(*normalisation),  # the backbone's statistics
         ])
 
     def __len__(self) -> int:
@@ -103,15 +101,20 @@ def load_classifier(path: str | Path, *, num_classes: int | None = None, device:
     if num_classes is not None and meta["num_classes"] != num_classes:
         raise ConfigError(f"{path}: classifier has {meta['num_classes']} foreground classes but the dataset has "
                           f"{num_classes}; use a checkpoint trained on this class list or retrain")
-    model = build_classifier(num_classes=meta["num_classes"], backbone=meta["backbone"])
-    model.load_state_dict(state["model"])
+    from .models.classifier import classifier_state
+
+    model = build_classifier(num_classes=meta["num_classes"], backbone=meta["backbone"],
+                             output_stride=int(meta.get("output_stride", 16)))
+    model.load_state_dict(classifier_state(state["model"]))  # checkpoints before the backbone contract too
     return model.to(device).eval()
 
 
 def _param_groups(model, config: CamConfig):
+    from .models.backbones import parse_weights
+
     scale = config.backbone_lr_scale
-    if scale is None:
-        scale = 0.1 if config.weights == "imagenet" else 1.0
+    if scale is None:  # a pretrained backbone learns at a tenth of the new classifier's rate
+        scale = 0.1 if parse_weights(config.weights, config.backbone) is not None else 1.0
     head = list(model.classifier.parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
@@ -176,7 +179,8 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
                           "need epochs >= 1, batch_size >= 1, crop_size >= 8")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model = build_classifier(num_classes=num_classes, backbone=config.backbone, weights=config.weights)
+    model = build_classifier(num_classes=num_classes, backbone=config.backbone, weights=config.weights,
+                             output_stride=config.output_stride)
     optimizer = _make_optimizer(model, config)
     start_epoch, train_seconds, log_rows = 0, 0.0, []
     if ckpt_path.exists():
@@ -184,7 +188,9 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
         if state.get("complete"):
             log.info("%s: training already complete; reusing it", ckpt_path)
             return ckpt_path
-        model.load_state_dict(state["model"])
+        from .models.classifier import classifier_state
+
+        model.load_state_dict(classifier_state(state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
         log_rows = list(state.get("log", []))
@@ -197,12 +203,12 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     bf16 = cam_uses_bf16(config.precision, device)  # --precision applies to training and inference alike
     ids, skipped = usable_training_ids(dataset, ids)
     write_csv(out_dir / SKIPPED, ["image_id", "reason"], [list(s) for s in skipped])
-    data = TagDataset(dataset, ids, config)
+    data = TagDataset(dataset, ids, config, (model.backbone.mean, model.backbone.std))
     batch = min(config.batch_size, len(data))
     steps_per_epoch = len(data) // batch
     total_steps = steps_per_epoch * config.epochs
     budget = None if config.max_minutes is None else 60.0 * config.max_minutes
-    meta = {"backbone": config.backbone, "num_classes": num_classes, "classes": list(dataset.classes),
+    meta = {"backbone": config.backbone, "output_stride": config.output_stride, "num_classes": num_classes, "classes": list(dataset.classes),
             "config": config_to_dict(config), "train_ids": len(ids)}
     log_path = out_dir / TRAIN_LOG
     write_bytes(log_path, (LOG_HEADER + "".join(log_rows)).encode())  # the rows up to the checkpoint resumed from

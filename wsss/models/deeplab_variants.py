@@ -20,15 +20,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .backbones import ResNetBackbone
-from .blocks import check_weights, conv_bn_relu, resize_to, vgg16, vgg16_stages
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from .backbones.vgg import vgg16, vgg16_stages
+from .blocks import check_weights, conv_bn_relu, resize_to
 
 
 class DeepLabV1Trunk(nn.Module):
-    """Dilated VGG16 + LargeFOV fc6/fc7 (1024 channels). ``forward`` returns fc7 features at stride 8."""
+    """Dilated VGG16 + LargeFOV fc6/fc7 (1024 channels): the paper's backbone (fc6/fc7 come from VGG16's fully
+    connected layers). ``forward`` returns ``[fc7 features]`` at stride 8 (the backbone contract)."""
+
+    arch = "vgg16"
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    output_stride = 8
+    strides = (8,)
 
     def __init__(self, weights: str | None = None, fc_channels: int = 1024, fc6_dilation: int = 12):
         super().__init__()
+        self.channels = (fc_channels,)
         vgg = vgg16(weights)
         layers: list[nn.Module] = []
         for k, stage in enumerate(vgg16_stages(vgg)):
@@ -56,21 +64,46 @@ class DeepLabV1Trunk(nn.Module):
     def forward(self, x):
         x = self.features(x)
         x = self.drop6(F.relu(self.fc6(x), inplace=True))
+        return [self.drop7(F.relu(self.fc7(x), inplace=True))]
+
+
+class LargeFOV(nn.Module):
+    """The LargeFOV fc6 (3x3, dilation 12, 1024) + fc7 (1x1, 1024) with ReLU + dropout 0.5, new on top of a
+    backbone other than VGG16 (whose fc6/fc7 are part of :class:`DeepLabV1Trunk`)."""
+
+    def __init__(self, in_channels: int, fc_channels: int = 1024, fc6_dilation: int = 12):
+        super().__init__()
+        self.fc6 = nn.Conv2d(in_channels, fc_channels, 3, padding=fc6_dilation, dilation=fc6_dilation)
+        self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
+        self.drop6, self.drop7 = nn.Dropout(0.5), nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.drop6(F.relu(self.fc6(x), inplace=True))
         return self.drop7(F.relu(self.fc7(x), inplace=True))
+
+
+def largefov_trunk(backbone: str, weights, model: str) -> tuple[nn.Module, nn.Module]:
+    """``(backbone, fov)`` of DeepLab-LargeFOV: on ``vgg16`` the paper's dilated VGG16 with its subsampled fc6/fc7
+    (``fov`` the identity); on any other backbone (at output stride 8) a new :class:`LargeFOV` head."""
+    if backbone == "vgg16":
+        check_weights(weights, model)
+        return DeepLabV1Trunk(weights), nn.Identity()
+    body = build_backbone(backbone, weights=weights, output_stride=8)
+    return body, LargeFOV(body.channels[-1])
 
 
 class DeepLabV1LargeFOV(nn.Module):
     """DeepLab-v1 LargeFOV. ``forward`` returns (N, K, H, W) logits (x8 bilinear upsampling of fc8)."""
 
-    def __init__(self, num_classes: int, weights: str | None = None):
+    def __init__(self, num_classes: int, weights=None, backbone: str = "vgg16"):
         super().__init__()
-        self.backbone = DeepLabV1Trunk(weights)
+        self.backbone, self.fov = largefov_trunk(backbone, weights, "DeepLab-v1")
         self.fc8 = nn.Conv2d(1024, num_classes, 1)
         nn.init.normal_(self.fc8.weight, std=0.01)
         nn.init.zeros_(self.fc8.bias)
 
     def forward(self, x):
-        return resize_to(self.fc8(self.backbone(x)), x.shape[-2:])
+        return resize_to(self.fc8(self.fov(self.backbone(x)[-1])), x.shape[-2:])
 
 
 class ASPPv3(nn.Module):
@@ -92,15 +125,16 @@ class ASPPv3(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-    """DeepLab-v3+ on a dilated ResNet. ``forward`` returns (N, K, H, W) logits."""
+    """DeepLab-v3+ on a dilated ResNet (or EfficientNet-Lite). ``forward`` returns (N, K, H, W) logits."""
 
     def __init__(self, num_classes: int, backbone: str = "resnet101", weights: str | None = None,
                  output_stride: int = 16):
         super().__init__()
         if output_stride not in (8, 16):
             raise ConfigError(f"output_stride={output_stride}: DeepLab-v3+ uses 16 (or 8)")
-        self.backbone = ResNetBackbone(backbone, weights=weights, output_stride=output_stride)
-        low_channels, _, _, high_channels = self.backbone.channels
+        self.backbone = build_backbone(backbone, weights=weights, output_stride=output_stride)
+        self.low_index = self.backbone.strides.index(4)  # the stride-4 map (ResNet: layer1)
+        low_channels, high_channels = self.backbone.channels[self.low_index], self.backbone.channels[-1]
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         self.aspp = ASPPv3(high_channels, rates)
         self.low_level = conv_bn_relu(low_channels, 48, 1)
@@ -108,21 +142,19 @@ class DeepLabV3Plus(nn.Module):
         self.classifier = nn.Conv2d(256, num_classes, 1)
 
     def forward(self, x):
-        low, _, _, high = self.backbone(x)
+        features = self.backbone(x)
+        low, high = features[self.low_index], features[-1]
         y = resize_to(self.aspp(high), low.shape[-2:])
         y = self.decoder(torch.cat([y, self.low_level(low)], dim=1))
         return resize_to(self.classifier(y), x.shape[-2:])
 
 
-def deeplabv1(*, num_classes: int, backbone: str = "vgg16", weights: str | None = None) -> DeepLabV1LargeFOV:
-    """DeepLab-v1 LargeFOV on VGG16."""
-    if backbone != "vgg16":
-        raise ConfigError(f"backbone={backbone!r}: DeepLab-v1 LargeFOV is defined on VGG16; use backbone='vgg16'")
-    check_weights(weights, "DeepLab-v1")
-    return DeepLabV1LargeFOV(num_classes, weights)
+def deeplabv1(*, num_classes: int, backbone: str = "vgg16", weights=None) -> DeepLabV1LargeFOV:
+    """DeepLab-v1 LargeFOV on VGG16 (the paper), or the LargeFOV head on another backbone at output stride 8."""
+    return DeepLabV1LargeFOV(num_classes, weights, backbone)
 
 
 def deeplabv3plus(*, num_classes: int, backbone: str = "resnet101", weights: str | None = None,
                   output_stride: int = 16) -> DeepLabV3Plus:
-    """DeepLab-v3+ (ResNet backbone: resnet18/34/50/101/152)."""
+    """DeepLab-v3+ (ResNet backbone: resnet18/34/50/101/152, or efficientnet_lite0/1/2)."""
     return DeepLabV3Plus(num_classes, backbone, weights, output_stride)

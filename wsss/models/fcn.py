@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import bilinear_kernel, center_crop, check_weights, vgg16, vgg16_stages
+from .backbones.vgg import vgg16, vgg16_stages
+from .blocks import bilinear_kernel, center_crop, check_weights
 
 
 class VGG16FCNEncoder(nn.Module):

@@ -12,21 +12,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backbones
-
-#: ImageNet mean/std on the 0..255 scale (of :data:`wsss.models.backbones.IMAGENET_MEAN` / ``IMAGENET_STD``).
-IMAGENET_MEAN = np.array(backbones.IMAGENET_MEAN, np.float32) * 255.0
-IMAGENET_STD = np.array(backbones.IMAGENET_STD, np.float32) * 255.0
+from .backbones import IMAGENET_MEAN, IMAGENET_STD
 
 
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W, 3) float32 normalised with torchvision's ImageNet mean/std (mean -> 0)."""
-    return (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+def input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` per RGB channel on the 0..1 scale that ``model``'s inputs are normalised with: its backbone's
+    (the statistics its weights expect: ImageNet's for torchvision networks, 0.5/0.5 for EfficientNet-Lite), or
+    ImageNet's for a model without a separate backbone (U-Net, SegNet-Basic, FCN and SegNet on VGG16)."""
+    backbone = getattr(model, "module", model)  # a DDP wrapper holds the model in .module
+    backbone = getattr(backbone, "backbone", None)
+    if backbone is not None and hasattr(backbone, "mean") and hasattr(backbone, "std"):
+        return tuple(backbone.mean), tuple(backbone.std)
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+def normalize_image(image: np.ndarray, normalisation=(IMAGENET_MEAN, IMAGENET_STD)) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W, 3) float32 ``(image / 255 - mean) / std`` (``normalisation`` = (mean, std) on
+    the 0..1 scale, e.g. :func:`input_normalisation` of the model; the mean maps to 0)."""
+    mean = np.asarray(normalisation[0], np.float32) * 255.0
+    std = np.asarray(normalisation[1], np.float32) * 255.0
+    return (image.astype(np.float32) - mean) / std
+
+
+def image_to_tensor(image: np.ndarray, normalisation=(IMAGENET_MEAN, IMAGENET_STD)) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 normalised tensor."""
-    return torch.from_numpy(np.ascontiguousarray(normalize_image(image).transpose(2, 0, 1)))[None]
+    return torch.from_numpy(np.ascontiguousarray(normalize_image(image, normalisation).transpose(2, 0, 1)))[None]
 
 
 def segment(model: nn.Module, image: np.ndarray, *, scales: Sequence[float] = (1.0,), flip: bool = False,
@@ -35,10 +45,11 @@ def segment(model: nn.Module, image: np.ndarray, *, scales: Sequence[float] = (1
 
     The image is resized to each scale (bilinear), optionally with its mirror in the same batch, the logits are
     resized back to (H, W), un-mirrored and averaged over all passes; softmax comes last (as in DeepLab's
-    multi-scale inference, which averages score maps). ``model`` must be in eval mode.
+    multi-scale inference, which averages score maps). ``model`` must be in eval mode; the image is normalised as
+    its backbone expects (:func:`input_normalisation`).
     """
     h, w = image.shape[:2]
-    x = image_to_tensor(image).to(device)
+    x = image_to_tensor(image, input_normalisation(model)).to(device)
     total = None
     passes = 0
     with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):

@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .blocks import check_weights, resize_to
-from .deeplab_variants import DeepLabV1Trunk
+from .blocks import resize_to
+from .deeplab_variants import largefov_trunk
 
 
 class L2Norm(nn.Module):
@@ -35,10 +34,10 @@ class L2Norm(nn.Module):
 class ParseNet(nn.Module):
     """ParseNet. ``forward`` returns (N, K, H, W) logits."""
 
-    def __init__(self, num_classes: int, weights: str | None = None, initial_scale: float = 10.0,
-                 dropout: float = 0.5):
+    def __init__(self, num_classes: int, weights=None, initial_scale: float = 10.0,
+                 dropout: float = 0.5, backbone: str = "vgg16"):
         super().__init__()
-        self.backbone = DeepLabV1Trunk(weights)
+        self.backbone, self.fov = largefov_trunk(backbone, weights, "ParseNet")
         channels = 1024
         self.norm_local = L2Norm(channels, initial_scale)
         self.norm_global = L2Norm(channels, initial_scale)
@@ -48,16 +47,13 @@ class ParseNet(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x):
-        local = self.backbone(x)
+        local = self.fov(self.backbone(x)[-1])
         context = self.norm_global(F.adaptive_avg_pool2d(local, 1))
         context = context.expand(-1, -1, *local.shape[-2:])  # unpool: the global feature at every position
         fused = torch.cat([self.norm_local(local), context], dim=1)
         return resize_to(self.classifier(self.dropout(fused)), x.shape[-2:])
 
 
-def parsenet(*, num_classes: int, backbone: str = "vgg16", weights: str | None = None) -> ParseNet:
-    """ParseNet on the DeepLab-LargeFOV VGG16 trunk."""
-    if backbone != "vgg16":
-        raise ConfigError(f"backbone={backbone!r}: ParseNet is defined on VGG16 (DeepLab-LargeFOV); use 'vgg16'")
-    check_weights(weights, "ParseNet")
-    return ParseNet(num_classes, weights)
+def parsenet(*, num_classes: int, backbone: str = "vgg16", weights=None) -> ParseNet:
+    """ParseNet on the DeepLab-LargeFOV VGG16 trunk (the paper), or on LargeFOV over another backbone."""
+    return ParseNet(num_classes, weights, backbone=backbone)

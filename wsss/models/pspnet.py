@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import ResNetBackbone
+from .backbones import build_backbone
 from .blocks import conv_bn_relu, resize_to
 
 
@@ -39,18 +39,19 @@ class PSPNet(nn.Module):
     def __init__(self, num_classes: int, backbone: str = "resnet101", weights: str | None = None,
                  bins=(1, 2, 3, 6), dropout: float = 0.1):
         super().__init__()
-        self.backbone = ResNetBackbone(backbone, weights=weights, output_stride=8)
-        channels = self.backbone.channels[3]
+        self.backbone = build_backbone(backbone, weights=weights, output_stride=8)
+        channels = self.backbone.channels[-1]
         self.ppm = PyramidPoolingModule(channels, bins)
         self.head = nn.Sequential(conv_bn_relu(self.ppm.out_channels, 512, 3), nn.Dropout(dropout),
                                   nn.Conv2d(512, num_classes, 1))
 
     def forward(self, x):
-        features = self.backbone(x)[3]
+        features = self.backbone(x)[-1]
         return resize_to(self.head(self.ppm(features)), x.shape[-2:])
 
 
 def pspnet(*, num_classes: int, backbone: str = "resnet101", weights: str | None = None,
            bins=(1, 2, 3, 6)) -> PSPNet:
-    """PSPNet on a dilated ResNet (output stride 8) with pyramid bins 1, 2, 3, 6."""
+    """PSPNet on a dilated backbone (output stride 8: ResNet as in the paper, or EfficientNet-Lite) with pyramid
+    bins 1, 2, 3, 6."""
     return PSPNet(num_classes, backbone, weights, bins)

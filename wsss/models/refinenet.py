@@ -20,8 +20,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import ResNetBackbone
+from .backbones import build_backbone
 from .blocks import resize_to
+
+
+def _stride_taps(strides: tuple[int, ...], wanted: tuple[int, ...]) -> list[int]:
+    """Index of the deepest backbone map at each wanted stride."""
+    return [max(i for i, s in enumerate(strides) if s == w) for w in wanted]
 
 
 class ResidualConvUnit(nn.Module):
@@ -81,10 +86,11 @@ class RefineNet(nn.Module):
     def __init__(self, num_classes: int, backbone: str = "resnet101", weights: str | None = None,
                  crp_blocks: int = 2, dropout: float = 0.5):
         super().__init__()
-        self.backbone = ResNetBackbone(backbone, weights=weights, output_stride=32)
-        widths = (256, 256, 256, 512)  # adapted channels of layer1..layer4
-        self.adapt = nn.ModuleList(nn.Conv2d(c, w, 3, padding=1, bias=False)
-                                   for c, w in zip(self.backbone.channels, widths))
+        self.backbone = build_backbone(backbone, weights=weights, output_stride=32)
+        self.taps = _stride_taps(self.backbone.strides, (4, 8, 16, 32))
+        widths = (256, 256, 256, 512)  # adapted channels of the stride 4, 8, 16, 32 maps (ResNet: layer1..layer4)
+        self.adapt = nn.ModuleList(nn.Conv2d(self.backbone.channels[t], w, 3, padding=1, bias=False)
+                                   for t, w in zip(self.taps, widths))
         self.refine4 = RefineNetBlock((512,), crp_blocks)
         self.refine3 = RefineNetBlock((512, 256), crp_blocks)
         self.refine2 = RefineNetBlock((256, 256), crp_blocks)
@@ -93,7 +99,8 @@ class RefineNet(nn.Module):
                                   nn.Conv2d(256, num_classes, 1))
 
     def forward(self, x):
-        l1, l2, l3, l4 = (adapt(f) for adapt, f in zip(self.adapt, self.backbone(x)))
+        features = self.backbone(x)
+        l1, l2, l3, l4 = (adapt(features[t]) for adapt, t in zip(self.adapt, self.taps))
         y = self.refine4(l4)
         y = self.refine3(y, l3)
         y = self.refine2(y, l2)
@@ -103,5 +110,5 @@ class RefineNet(nn.Module):
 
 def refinenet(*, num_classes: int, backbone: str = "resnet101", weights: str | None = None,
               crp_blocks: int = 2) -> RefineNet:
-    """RefineNet-4-cascaded on a ResNet (resnet18/34/50/101/152)."""
+    """RefineNet-4-cascaded on a ResNet (resnet18/34/50/101/152) or an EfficientNet-Lite."""
     return RefineNet(num_classes, backbone, weights, crp_blocks)

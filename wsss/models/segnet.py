@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import check_weights, conv_bn_relu, vgg16, vgg16_stages
+from .backbones.vgg import vgg16, vgg16_stages
+from .blocks import check_weights, conv_bn_relu
 
 
 def pool_with_indices(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:

@@ -37,10 +37,12 @@ def scaled_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of a torchvision-ResNet-based model with every BatchNorm folded into the conv before it.
+    """An eval-mode copy of ``model`` with every BatchNorm folded into the convolution before it.
 
-    Same outputs (up to float rounding), fewer passes over memory at inference. Conv/BN pairs are found as
-    consecutive children named ``convN``/``bnN`` (blocks), ``0``/``1`` (downsample) and ``stem`` entries.
+    Same outputs (up to float rounding), fewer passes over memory at inference. Conv/BN pairs are consecutive
+    children of one module (torchvision's ``convN``/``bnN`` and downsample ``0``/``1``, timm's ``conv_dw``/``bn1``
+    ...). A norm that carries its activation (timm's ``BatchNormAct2d``: BN, dropout, ReLU6 in one module) is
+    replaced by that dropout and activation, not by the identity, which would drop the ReLU6 silently.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -50,7 +52,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         for (name_a, a), (name_b, b) in zip(children, children[1:]):
             if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
                 setattr(module, name_a, fuse_conv_bn_eval(a, b))
-                setattr(module, name_b, nn.Identity())
+                rest = [m for m in (getattr(b, "drop", None), getattr(b, "act", None)) if m is not None]
+                setattr(module, name_b, nn.Sequential(*rest) if rest else nn.Identity())
     return model
 
 

@@ -162,10 +162,15 @@ def saliency_loss(logits, target):
     return F.binary_cross_entropy_with_logits(logits[:, 0][valid], target[valid].float())
 
 
-def make_optimizer(net, *, lr: float, weight_decay: float):
+def make_optimizer(net, *, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0):
+    """Adam with two parameter groups: the encoder (``net.backbone``) at ``lr x backbone_lr_scale`` (0.1 for a
+    pretrained encoder, as the papers fine-tune) and the new decoder + head at ``lr``."""
     import torch
 
-    return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    encoder = {id(p) for p in net.backbone.parameters()}
+    groups = [{"params": [p for p in net.parameters() if id(p) in encoder], "lr_scale": backbone_lr_scale},
+              {"params": [p for p in net.parameters() if id(p) not in encoder], "lr_scale": 1.0}]
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
 
 
 def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequence[np.ndarray], *, epochs: int,
@@ -218,7 +223,7 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
             rate = budget_poly_lr(lr, epoch * steps_per_epoch + step, total,
                                   elapsed=spent_seconds + time.perf_counter() - t0, budget=max_seconds)
             for group in optimizer.param_groups:
-                group["lr"] = rate
+                group["lr"] = rate * group.get("lr_scale", 1.0)
             loss = saliency_loss(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

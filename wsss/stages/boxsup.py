@@ -253,7 +253,8 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
     ``(checkpoint, validation quality or None)``. A finished training is not rerun."""
     import torch
 
-    from ..models import build_model
+    from ..models import build_model, resolve_backbone
+    from ..models.inference import input_normalisation
     from ..pairs import CHECK_CACHE, MaskPairs
     from ..train import CHECKPOINT, load_checkpoint, pick_device, resolve_speed, train_model
     from .train import record_pair_failures
@@ -275,20 +276,20 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
     speed = {"channels_last": resolve_speed(train_config.channels_last, dev, "channels_last"),
              "bf16": resolve_speed(train_config.bf16, dev, "bf16")}
     torch.manual_seed(train_config.seed)
-    model = build_model(config.model, num_classes=dataset.num_classes, backbone=config.backbone,
-                        weights=config.weights)
+    backbone = resolve_backbone(config.model, config.backbone)
+    model = build_model(config.model, num_classes=dataset.num_classes, backbone=backbone, weights=config.weights)
     warm_from = None
     if config.warm_start and round_index > 1:  # continue from the previous round's network (the paper's one run)
         warm_from = run_dir / "train" / f"boxsup_r{round_index - 1}" / CHECKPOINT
         if not ckpt.exists():  # an interrupted round resumes from its own checkpoint instead
             model.load_state_dict(load_checkpoint(warm_from)["model"])
-    meta = {"model": config.model, "backbone": config.backbone, "num_classes": dataset.num_classes,
+    meta = {"model": config.model, "backbone": backbone, "num_classes": dataset.num_classes,
             "classes": list(dataset.classes), "palette_name": dataset.palette_name, "speed": speed,
             "config_hash": digest, "config": dataclasses.asdict(train_config), "boxsup_round": round_index,
             "warm_start_from": str(warm_from) if warm_from else None}
     pairs = MaskPairs(dataset, labels, crop_size=train_config.crop_size,
                       scale_range=(train_config.scale_min, train_config.scale_max), flip=train_config.flip,
-                      check_cache=stage_dir / CHECK_CACHE)
+                      check_cache=stage_dir / CHECK_CACHE, normalisation=input_normalisation(model))
     record_pair_failures(stage_dir, len(pairs), pairs.failures)  # bad pairs are left out of the round's training
     val_ids = [i for i in val_dataset.ids if val_dataset.gt_path(i) is not None] if val_dataset else []
     result = train_model(model, pairs, stage_dir, iterations=train_config.iterations,

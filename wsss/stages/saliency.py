@@ -124,8 +124,13 @@ def train_saliency_stage(config: SaliencyConfig, dataset: Dataset, stage_dir: Pa
     train_set = _training_set(config, dataset)
     images, targets, skipped = prepare_training_data(config, train_set, stage_dir)
     torch.manual_seed(config.seed)
+    from ..models.backbones import parse_weights
+
     net = saliency_net(backbone=config.backbone, weights=config.weights)
-    optimizer = make_optimizer(net, lr=config.lr, weight_decay=config.weight_decay)
+    scale = config.backbone_lr_scale
+    if scale is None:  # a pretrained encoder learns at a tenth of the decoder's rate
+        scale = 0.1 if parse_weights(config.weights, config.backbone) is not None else 1.0
+    optimizer = make_optimizer(net, lr=config.lr, weight_decay=config.weight_decay, backbone_lr_scale=scale)
     ckpt_path, log_path = stage_dir / CHECKPOINT, stage_dir / TRAIN_LOG
     start, rows, spent = 0, [], 0.0
     if ckpt_path.exists():

@@ -65,7 +65,8 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     """
     import torch
 
-    from ..models import MODELS, build_model
+    from ..models import MODELS, build_model, resolve_backbone
+    from ..models.inference import input_normalisation
     from ..pairs import CHECK_CACHE, MaskPairs
     from ..train import CHECKPOINT, dist_env, load_checkpoint, pick_device, resolve_speed, train_model
 
@@ -83,10 +84,14 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     digest = prepare_stage_dir(stage_dir, stage="train", method=model_name, config=config, dataset=dataset,
                                upstream=upstream, overwrite=overwrite)
     rank = dist_env()[0]
+    torch.manual_seed(config.seed)
+    backbone = resolve_backbone(model_name, config.backbone)
+    model = build_model(model_name, num_classes=dataset.num_classes, backbone=backbone, weights=config.weights)
     pairs = MaskPairs(dataset, folder, crop_size=config.crop_size,
                       scale_range=(config.scale_min, config.scale_max), flip=config.flip,
                       check_cache=stage_dir / CHECK_CACHE, write_cache=rank == 0,
-                      check_threads=max(1, config.loader_workers), progress=progress and rank == 0)
+                      check_threads=max(1, config.loader_workers), progress=progress and rank == 0,
+                      normalisation=input_normalisation(model))
     failed = list(pairs.failures)
     if rank == 0:
         record_pair_failures(stage_dir, len(pairs), failed)
@@ -102,10 +107,7 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
             log.warning("%s: the usable training pairs differ from those this checkpoint was trained on (files "
                         "fixed, added or damaged since); training continues, but the sample order is no longer "
                         "that of an uninterrupted run", ckpt)
-    torch.manual_seed(config.seed)
-    model = build_model(model_name, num_classes=dataset.num_classes, backbone=config.backbone,
-                        weights=config.weights)
-    meta = {"model": model_name, "backbone": config.backbone, "num_classes": dataset.num_classes,
+    meta = {"model": model_name, "backbone": backbone, "num_classes": dataset.num_classes,
             "classes": list(dataset.classes), "palette_name": dataset.palette_name, "speed": speed,
             "config_hash": digest, "config": config_to_dict(config), "pairs_digest": pairs_digest,
             "train_images": len(pairs)}

@@ -1,9 +1,10 @@
-"""Backbones from torchvision: dilated ResNets (output stride 8/16/32) and VGG16 features.
+"""The ResNet family of the backbone contract (:mod:`wsss.models.backbones`): torchvision ResNets, dilated to output
+stride 8/16/32.
 
 ``weights=None`` (default) is random initialisation and never touches the network; ``weights="imagenet"`` loads
-torchvision's ImageNet weights enum (downloaded once into torch's cache by torchvision itself). A segmentation model's
-ResNet backbone can also start from a wsss CAM classifier checkpoint (:func:`init_backbone_from_checkpoint`): the
-classifier was trained on the same images' tags, so it is the pre-training available without a download.
+torchvision's ImageNet weights enum (downloaded once into torch's cache by torchvision itself: users with internet).
+A local file (a torchvision state dict or a wsss CAM classifier checkpoint) goes through
+:func:`wsss.models.backbones.build_backbone`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 import torchvision
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 WEIGHTS_CHOICES = (None, "imagenet")
@@ -70,8 +71,11 @@ def _dilate_basic_layer(layer: nn.Sequential, dilation: int, previous: int) -> N
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without its pooling/fc head; ``forward`` returns ``[c1, c2, c3, c4]`` (layer1..4).
 
-    ``channels`` holds the four feature widths, ``output_stride`` the stride of ``c4`` (8, 16 or 32).
+    ``channels`` holds the four feature widths, ``strides`` their strides, ``output_stride`` the stride of ``c4``
+    (8, 16 or 32); ``mean``/``std`` are torchvision's ImageNet statistics.
     """
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(self, arch: str = "resnet101", *, weights: str | None = None, output_stride: int = 8):
         super().__init__()
@@ -95,6 +99,16 @@ class ResNetBackbone(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         width = 4 if bottleneck else 1
         self.channels = (64 * width, 128 * width, 256 * width, 512 * width)
+        self.strides = (4, 8, min(16, output_stride), output_stride)
+
+    def load_pretrained_state(self, state: dict, *, source: str) -> None:
+        """Load a torchvision ResNet state dict (``conv1``/``bn1``/``layerN``; ``fc`` dropped) or this backbone's
+        own, every key checked (:func:`wsss.models.backbones.check_state_fits`)."""
+        from . import check_state_fits
+
+        renamed = {("stem.0" + k[5:] if k.startswith("conv1.") else "stem.1" + k[3:] if k.startswith("bn1.") else k): v
+                   for k, v in state.items()}
+        self.load_state_dict(check_state_fits(self, renamed, source=source, ignore_prefixes=("fc.",)), strict=True)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         c1 = self.layer1(self.stem(x))
@@ -104,65 +118,6 @@ class ResNetBackbone(nn.Module):
         return [c1, c2, c3, c4]
 
 
-def is_checkpoint_weights(weights) -> bool:
-    """True when ``weights`` names a checkpoint file rather than random init or ``imagenet``."""
-    return weights is not None and str(weights).lower() not in ("none", "random", "", "imagenet")
-
-
-def init_backbone_from_checkpoint(model: nn.Module, path) -> None:
-    """Copy the ResNet of a wsss CAM classifier checkpoint (``RUN/seeds/cam/classifier.pt``; its ``model`` state
-    without the ``classifier.*`` layer) into ``model.backbone``. Read by the classifier's own reader
-    (:func:`wsss.train_classifier.read_checkpoint`: ``weights_only=True``, foreign files refused); the backbone's
-    architecture must match (the same ``--backbone``), else :class:`ConfigError` naming the file and the fix."""
-    from pathlib import Path
-
-    from ..train_classifier import read_checkpoint
-
-    if not Path(path).is_file():
-        raise ConfigError(f"--weights {str(path)!r}: no such file; use 'imagenet' (torchvision's ImageNet weights), the "
-                          "path of a wsss CAM classifier checkpoint (RUN/seeds/cam/classifier.pt) or leave it out "
-                          "(random init)")
-    backbone = getattr(model, "backbone", None)
-    if not isinstance(backbone, ResNetBackbone):
-        raise ConfigError(f"--weights {path}: a classifier checkpoint initialises a ResNet backbone, and "
-                          f"{type(model).__name__} has none; use a ResNet model (e.g. deeplabv2) or leave --weights out")
-    state = read_checkpoint(path)
-    weights = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
-    expected = backbone.state_dict()
-    trained_arch = state["meta"].get("backbone") if isinstance(state["meta"], dict) else None
-    wrong = sorted(set(expected) ^ set(weights))
-    wrong += [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        raise ConfigError(f"{path}: its network does not fit a {backbone.arch} backbone"
-                          f"{f' (it is a {trained_arch})' if trained_arch else ''}, first mismatch {wrong[0]!r}; "
-                          f"give --backbone {trained_arch or 'of the classifier'} or another checkpoint")
-    backbone.load_state_dict(weights, strict=True)
-
-
 def resnet_backbone(arch: str = "resnet101", *, weights: str | None = None, output_stride: int = 8) -> ResNetBackbone:
     """A dilated torchvision ResNet (see :class:`ResNetBackbone`)."""
     return ResNetBackbone(arch, weights=weights, output_stride=output_stride)
-
-
-def vgg16_features(*, weights: str | None = None, batch_norm: bool = False) -> nn.Sequential:
-    """torchvision's VGG16 ``features`` (13 convolutions + 5 max-pools), random init unless ``weights="imagenet"``.
-
-    Indices of the pools in the returned ``nn.Sequential``: 4, 9, 16, 23, 30 (without batch norm).
-    """
-    arch = "vgg16_bn" if batch_norm else "vgg16"
-    net = getattr(torchvision.models, arch)(weights=torchvision_weights(arch, weights))
-    return net.features
-
-
-def vgg16_classifier_convs(*, weights: str | None = None) -> tuple[nn.Conv2d, nn.Conv2d]:
-    """fc6 / fc7 of torchvision's VGG16 as convolutions (7x7x512->4096, 1x1x4096->4096), weights reshaped."""
-    net = torchvision.models.vgg16(weights=torchvision_weights("vgg16", weights))
-    fc6, fc7 = net.classifier[0], net.classifier[3]
-    conv6 = nn.Conv2d(512, 4096, 7)
-    conv7 = nn.Conv2d(4096, 4096, 1)
-    with torch.no_grad():
-        conv6.weight.copy_(fc6.weight.view(4096, 512, 7, 7))
-        conv6.bias.copy_(fc6.bias)
-        conv7.weight.copy_(fc7.weight.view(4096, 4096, 1, 1))
-        conv7.bias.copy_(fc7.bias)
-    return conv6, conv7
