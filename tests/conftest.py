@@ -42,3 +42,21 @@ def voc_dev() -> Path:
     if not (path / "JPEGImages").is_dir():
         pytest.skip("../shared/data/voc-dev not present")
     return path
+
+
+def assert_trains_one_step(model, num_classes: int = 3) -> None:
+    """Forward + backward of ``model`` on (2, 3, 64, 64): logits at input size, every parameter gets a finite
+    gradient and some are non-zero (255 labels ignored)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, num_classes, 64, 64)
+    target = torch.randint(0, num_classes, (2, 64, 64))
+    target[:, :4] = 255
+    F.cross_entropy(out, target, ignore_index=255).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads), "every parameter takes part in the forward pass"
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
