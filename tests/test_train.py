@@ -268,3 +268,12 @@ def test_sigkill_then_resume_matches_one_go(demo_root, tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert [int(r["iteration"]) for r in read_csv(tmp_path / "two/train/deeplabv2/log.csv")] == [6]
+
+
+def test_a_diverging_loss_stops_training_with_the_fix(demo_root, tmp_path):
+    """A learning rate that makes the loss inf/nan stops at that iteration with an error naming --lr (before it was
+    logged as nan for the rest of the schedule); no checkpoint of the broken weights is written."""
+    ds = open_dataset(demo_root, "train")
+    with pytest.raises(StageError, match=r"loss became (nan|inf) at iteration \d+; lower --lr \(now 1e\+12\)"):
+        run_train("deeplabv2", TrainConfig(iterations=6, lr=1e12, **TINY), ds, tmp_path, progress=False)
+    assert not (tmp_path / "train/deeplabv2/checkpoint.pt").exists()

@@ -330,6 +330,9 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
         iteration += 1
         done_images += images.shape[0] * world
         losses.append(float(loss.detach()))
+        if not np.isfinite(losses[-1]):  # nothing after this can recover; the last checkpoint stays as it was
+            raise StageError(f"{out_dir}: the training loss became {losses[-1]} at iteration {iteration}; lower "
+                             f"--lr (now {lr:g}) and rerun with --overwrite")
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr * factor:.2e}")
         val_now = val_every > 0 and iteration % val_every == 0 and iteration < iterations
