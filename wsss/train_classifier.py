@@ -110,11 +110,9 @@ def load_classifier(path: str | Path, *, num_classes: int | None = None, device:
 
 
 def _param_groups(model, config: CamConfig):
-    from .models.backbones import parse_weights
+    from .models.backbones import backbone_lr_scale
 
-    scale = config.backbone_lr_scale
-    if scale is None:  # a pretrained backbone learns at a tenth of the new classifier's rate
-        scale = 0.1 if parse_weights(config.weights, config.backbone) is not None else 1.0
+    scale = backbone_lr_scale(config.backbone_lr_scale, config.weights, config.backbone)
     head = list(model.classifier.parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]

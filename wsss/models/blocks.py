@@ -94,7 +94,7 @@ def check_weights(weights, model: str, available: bool = True) -> bool:
     from .backbones import parse_weights
 
     weights = parse_weights(weights)
-    if weights in (None, "auto"):
+    if weights is None:
         return False
     if weights != "imagenet":
         raise ConfigError(f"--weights {str(weights)!r}: a weights file initialises a --backbone (ResNet or "

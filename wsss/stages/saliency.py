@@ -124,12 +124,10 @@ def train_saliency_stage(config: SaliencyConfig, dataset: Dataset, stage_dir: Pa
     train_set = _training_set(config, dataset)
     images, targets, skipped = prepare_training_data(config, train_set, stage_dir)
     torch.manual_seed(config.seed)
-    from ..models.backbones import parse_weights
+    from ..models.backbones import backbone_lr_scale
 
     net = saliency_net(backbone=config.backbone, weights=config.weights)
-    scale = config.backbone_lr_scale
-    if scale is None:  # a pretrained encoder learns at a tenth of the decoder's rate
-        scale = 0.1 if parse_weights(config.weights, config.backbone) is not None else 1.0
+    scale = backbone_lr_scale(config.backbone_lr_scale, config.weights, config.backbone)
     optimizer = make_optimizer(net, lr=config.lr, weight_decay=config.weight_decay, backbone_lr_scale=scale)
     ckpt_path, log_path = stage_dir / CHECKPOINT, stage_dir / TRAIN_LOG
     start, rows, spent = 0, [], 0.0

@@ -57,6 +57,14 @@ def parse_weights(weights, backbone: str | None = None):
     return Path(text)
 
 
+def backbone_lr_scale(scale: float | None, weights, backbone: str) -> float:
+    """The backbone's learning rate as a multiple of the new layers': ``scale`` when given, else 0.1 for pretrained
+    weights (ImageNet or a file: fine-tuning, as the papers do) and 1.0 from random init."""
+    if scale is not None:
+        return scale
+    return 0.1 if parse_weights(weights, backbone) is not None else 1.0
+
+
 def is_lite(name: str | None) -> bool:
     return name in LITE_VARIANTS
 
