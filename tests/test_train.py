@@ -277,3 +277,72 @@ def test_a_diverging_loss_stops_training_with_the_fix(demo_root, tmp_path):
     with pytest.raises(StageError, match=r"loss became (nan|inf) at iteration \d+; lower --lr \(now 1e\+12\)"):
         run_train("deeplabv2", TrainConfig(iterations=6, lr=1e12, **TINY), ds, tmp_path, progress=False)
     assert not (tmp_path / "train/deeplabv2/checkpoint.pt").exists()
+
+
+def test_adamw_keeps_the_head_at_its_multiple():
+    from wsss.models import build_model
+    from wsss.train import make_optimizer
+
+    model = build_model("deeplabv2", num_classes=3, backbone="resnet18")
+    opt = make_optimizer(model, lr=1e-4, head_lr_mult=10.0, momentum=0.9, weight_decay=0.01, optimizer="adamw")
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(1e-4), pytest.approx(1e-3)]
+    assert all(g["weight_decay"] == 0.01 for g in opt.param_groups)
+    n_backbone = sum(p.numel() for p in model.backbone.parameters())
+    assert sum(p.numel() for p in opt.param_groups[0]["params"]) == n_backbone
+    with pytest.raises(ValueError, match="adamw"):
+        make_optimizer(model, lr=1e-4, head_lr_mult=10.0, momentum=0.9, weight_decay=0.0, optimizer="lamb")
+
+
+def test_bf16_auto_is_off_for_lite_backbones_on_cpu(monkeypatch):
+    import wsss.train as train
+
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert train.resolve_speed("auto", cpu, "bf16", "resnet101") is True
+    assert train.resolve_speed("auto", cpu, "bf16", "efficientnet_lite0") is False
+    assert train.resolve_speed("on", cpu, "bf16", "efficientnet_lite0") is True
+    assert train.resolve_speed("auto", cpu, "channels_last", "efficientnet_lite0") is True
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    assert train.resolve_speed("auto", cpu, "bf16", "resnet101") is False
+
+
+def test_a_time_budget_ends_the_run_complete_and_is_not_retrained(demo_root, tmp_path):
+    """--max-minutes: the run ends when the budget is spent, before --iterations, complete (not 'stopped'); the
+    poly rate reaches 0 by the budget; a rerun trains no further and keeps the checkpoint as it is."""
+    ds = open_dataset(demo_root, "train")
+    config = TrainConfig(iterations=10_000, max_minutes=0.5 / 60, **TINY)  # half a second
+    s = run_train("deeplabv2", config, ds, tmp_path, progress=False)
+    assert s.budget_spent and not s.stopped_early and 1 <= s.iterations < 10_000
+    info = read_json(tmp_path / "train/deeplabv2/stage.json")
+    assert info["status"] == "complete" and info["training"]["ended_by"] == "time budget"
+    assert info["training"]["training_seconds"] >= 0.5
+    state = load_checkpoint(tmp_path / "train/deeplabv2/checkpoint.pt")
+    assert state["budget_spent"] is True and state["iteration"] == s.iterations and state["elapsed"] >= 0.5
+    ckpt_bytes = (tmp_path / "train/deeplabv2/checkpoint.pt").read_bytes()
+    again = run_train("deeplabv2", config, ds, tmp_path, progress=False)
+    assert again.iterations == s.iterations and again.start_iteration == s.iterations and again.budget_spent
+    assert (tmp_path / "train/deeplabv2/checkpoint.pt").read_bytes() == ckpt_bytes
+
+
+def test_budget_poly_decays_to_zero_by_the_budget():
+    from wsss.train import budget_poly_lr
+
+    assert budget_poly_lr(1.0, 10, 100, elapsed=50.0, budget=100.0) == pytest.approx(0.5 ** 0.9)
+    assert budget_poly_lr(1.0, 60, 100, elapsed=10.0, budget=100.0) == pytest.approx(0.4 ** 0.9)
+    assert budget_poly_lr(1.0, 10, 100, elapsed=150.0, budget=100.0) == 0.0
+
+
+def test_output_stride_is_kept_for_predict(demo_root, tmp_path):
+    from wsss.errors import ConfigError
+    from wsss.stages.predict import load_trained_model
+
+    ds = open_dataset(demo_root, "train")
+    run_train("deeplabv2", TrainConfig(iterations=1, output_stride=16, **TINY), ds, tmp_path, progress=False)
+    ckpt = tmp_path / "train/deeplabv2/checkpoint.pt"
+    assert load_checkpoint(ckpt)["meta"]["model_kwargs"] == {"output_stride": 16}
+    model, _ = load_trained_model(ckpt)
+    assert model.backbone.output_stride == 16
+    with pytest.raises(ConfigError, match="fcn8s has a fixed output stride"):
+        run_train("fcn8s", TrainConfig(iterations=1, output_stride=16, **TINY), ds, tmp_path / "b", progress=False)
+    assert not (tmp_path / "b/train").exists()  # refused before any stage folder is made

@@ -465,7 +465,8 @@ def train(model_name, labels, dataset_path, split, val_split, run_dir, device, s
 
     if dist_env()[0] != 0:
         return
-    state = "stopped (re-run to continue)" if s.stopped_early else "complete"
+    state = ("stopped (re-run to continue)" if s.stopped_early
+             else "complete (--max-minutes spent)" if s.budget_spent else "complete")
     ips = f"{s.images_per_second:.2f} img/s" if s.images_per_second else "-"
     click.echo(f"{s.stage_dir}: {state} at iteration {s.iterations} (from {s.start_iteration}), "
                f"{s.seconds:.1f}s, {ips}; checkpoint {s.checkpoint}")

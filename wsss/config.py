@@ -370,10 +370,17 @@ class TrainConfig:
     weights: typing.Optional[str] = option("auto", WEIGHTS_HELP, or_file=WEIGHTS_WORDS)
     iterations: int = option(20000, "training iterations (the paper: 20k at batch 10 on VOC)")
     batch_size: int = option(10, "images per iteration and process")
+    max_minutes: float = option(0.0, "time budget of the training in minutes, summed over resumed calls (0: none): "
+                                     "the poly schedule runs over whichever of --iterations and the budget ends "
+                                     "first, and the run ends complete when the budget is spent")
+    output_stride: int = option(0, "output stride of a backbone model: 8 (DeepLab-v2's) or 16 (about 3.5x faster "
+                                   "to train on a CPU; bench/RESULTS.md issue 19); 0: the model's own", (0, 8, 16))
+    optimizer: str = option("sgd", "sgd (the paper's: momentum + weight decay) or adamw (decoupled weight decay, "
+                                   "e.g. --weight-decay 0.01)", ("sgd", "adamw"))
     lr: float = option(2.5e-4, "base learning rate (backbone); poly decay to 0")
     head_lr_mult: float = option(10.0, "learning-rate multiplier of the head (the paper: 10)")
     momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(5e-4, "SGD weight decay")
+    weight_decay: float = option(5e-4, "weight decay (SGD: L2; AdamW: decoupled)")
     poly_power: float = option(0.9, "power of the poly learning-rate schedule")
     crop_size: int = option(321, "square training crop (pixels); smaller images are padded with 255 labels")
     scale_min: float = option(0.5, "smallest random scale")
@@ -384,7 +391,8 @@ class TrainConfig:
     val_every: int = option(0, "validate every N iterations on --val-split (0: only at the end)")
     channels_last: str = option("auto", "channels_last memory format (auto: where bench_train measured faster)",
                                 ("auto", "on", "off"))
-    bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16)", ("auto", "on", "off"))
+    bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16 unless the backbone is "
+                               "EfficientNet-Lite, which gained nothing from it)", ("auto", "on", "off"))
     loader_workers: int = option(1, "DataLoader worker processes (image reading + augmentation)")
 
 
@@ -399,4 +407,5 @@ class PredictConfig:
     crf: bool = option(False, "refine the mask with the dense CRF of 'wsss refine' (wsss.crf) over the classes "
                               "the network predicts in the image; scores/ keep the network's probabilities")
     crf_preset: str = option("deeplab", "CRF pairwise parameters (see wsss refine)", ("deeplab", "psa"))
-    bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16)", ("auto", "on", "off"))
+    bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16 unless the backbone is "
+                               "EfficientNet-Lite, which gained nothing from it)", ("auto", "on", "off"))

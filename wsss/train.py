@@ -87,15 +87,24 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     return np.ascontiguousarray(img.transpose(2, 0, 1)), msk.astype(np.int64)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def make_optimizer(model: nn.Module, *, lr: float, head_lr_mult: float, momentum: float,
-                   weight_decay: float) -> torch.optim.SGD:
-    """SGD with two parameter groups: backbone (``lr``) and head (``lr * head_lr_mult``)."""
+                   weight_decay: float, optimizer: str = "sgd") -> torch.optim.Optimizer:
+    """Two parameter groups, backbone (``lr``) and head (``lr * head_lr_mult``), for ``optimizer``: ``sgd`` (the
+    paper's: momentum, L2 weight decay) or ``adamw`` (Adam with decoupled weight decay; ``momentum`` unused)."""
     from .models import split_parameters
 
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     backbone, head = split_parameters(model)
     groups = [{"params": backbone, "lr": lr, "lr_mult": 1.0}, {"params": head, "lr": lr * head_lr_mult,
                                                                "lr_mult": head_lr_mult}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    groups = [g for g in groups if g["params"]]
+    if optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor, *,
@@ -141,16 +150,19 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def resolve_speed(setting: str, device: torch.device, what: str) -> bool:
+def resolve_speed(setting: str, device: torch.device, what: str, backbone: str | None = None) -> bool:
     """Whether to use ``channels_last`` / ``bf16`` autocast: ``on``/``off`` as given; ``auto`` picks what
     bench/bench_train.py measured faster: both on CUDA; on CPU channels_last yes, bf16 only where the CPU has
-    native bf16 (AVX512-BF16 or AMX)."""
+    native bf16 (AVX512-BF16 or AMX) and the backbone gains from it: not EfficientNet-Lite, whose depthwise
+    convolutions trained no faster in bf16 on such a CPU (bench/RESULTS.md, issue 19) and went to nan in it."""
     if setting in ("on", "off"):
         return setting == "on"
     if device.type == "cuda":
         return True
     if what == "channels_last":
         return True
+    if backbone and backbone.startswith("efficientnet_lite"):
+        return False
     return cpu_has_bf16()
 
 
@@ -242,11 +254,14 @@ class TrainResult:
     checkpoint: Path
     stopped_early: bool
     speed: dict = field(default_factory=dict)
+    budget_spent: bool = False  # ended by ``max_seconds`` before ``iterations``
+    elapsed: float = 0.0        # training seconds over every call, the budget's clock
 
 
 def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batch_size: int, lr: float,
                 head_lr_mult: float = 10.0, momentum: float = 0.9, weight_decay: float = 5e-4,
-                poly_power: float = 0.9, seed: int = 0, device: torch.device | None = None,
+                poly_power: float = 0.9, optimizer: str = "sgd", max_seconds: float | None = None,
+                seed: int = 0, device: torch.device | None = None,
                 channels_last: bool = False, bf16: bool = False, loader_workers: int = 0,
                 checkpoint_every: int = 500, log_every: int = 10, val_every: int = 0,
                 val_dataset=None, val_ids: list[str] | None = None, stop_at: int | None = None,
@@ -254,7 +269,11 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
     """Train ``model`` on ``pairs`` (a :class:`wsss.pairs.MaskPairs`), resuming from ``out_dir/checkpoint.pt``.
 
     ``stop_at`` ends the run early after that iteration (with a checkpoint), e.g. for time-sliced jobs; running
-    again continues the same schedule. Validation on ``val_dataset``/``val_ids`` runs every ``val_every``
+    again continues the same schedule. ``max_seconds`` is a time budget for the whole training (summed over
+    resumed calls, kept in the checkpoint): the poly schedule runs over whichever of ``iterations`` and the budget
+    runs out first (:func:`budget_poly_lr`), so the rate still decays to 0 and the run ends, complete, when the
+    budget is spent. Resume is exact with iterations alone; under a budget the iteration count depends on the
+    machine's speed. Validation on ``val_dataset``/``val_ids`` runs every ``val_every``
     iterations (0: only at the end) when given. Under torchrun every rank calls this; only rank 0 writes files.
     """
     from torch.nn.parallel import DistributedDataParallel
@@ -270,14 +289,18 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, lr=lr, head_lr_mult=head_lr_mult, momentum=momentum,
-                               weight_decay=weight_decay)
+                               weight_decay=weight_decay, optimizer=optimizer)
     ckpt_path = out_dir / CHECKPOINT
     start = 0
+    elapsed0 = 0.0
+    budget_spent = False
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
+        elapsed0 = float(state.get("elapsed", 0.0))
+        budget_spent = bool(state.get("budget_spent", False))
         _set_rng_state(state["rng"])
         log.info("resuming %s at iteration %d of %d", ckpt_path, start, iterations)
     else:
@@ -299,7 +322,8 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
         if rank == 0:
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-                "rng": _rng_state(), "meta": dict(meta or {}),
+                "rng": _rng_state(), "meta": dict(meta or {}), "elapsed": round(elapsed_now(), 3),
+                "budget_spent": budget_spent,
             })
             write_csv(log_path, LOG_HEADER, rows)
 
@@ -310,20 +334,35 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
         return evaluate_model(model, val_dataset, val_ids, device=device, num_classes=val_dataset.num_classes,
                               channels_last=channels_last, bf16=bf16, world=world, rank=rank)
 
+    t0 = time.perf_counter()
+
+    def elapsed_now() -> float:
+        return elapsed0 + time.perf_counter() - t0
+
+    def out_of_time() -> bool:  # rank 0's clock decides for every rank
+        spent = bool(max_seconds) and elapsed_now() >= max_seconds
+        if world > 1:
+            flag = torch.tensor([float(spent)], device=device)
+            dist.broadcast(flag, 0)
+            spent = bool(flag.item())
+        return spent
+
     model.train()
     end = iterations if stop_at is None else min(iterations, stop_at)
+    if budget_spent:  # a finished budgeted run is not trained further
+        end = start
     bar = tqdm(total=iterations, initial=start, desc="train", unit="it", disable=(not progress) or rank != 0,
                dynamic_ncols=True)
     validation = None
     losses: list[float] = []
-    t0 = time.perf_counter()
-    t_log = t0
+    t_log = time.perf_counter()
     iteration = start
     done_images = 0
     stream = iter(loader)
     while iteration < end:
         images, masks = next(stream)
-        factor = (1.0 - iteration / iterations) ** poly_power
+        factor = budget_poly_lr(1.0, iteration, iterations, elapsed=elapsed_now(), budget=max_seconds,
+                                power=poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"] * factor
         loss = train_step(net, optimizer, images, masks, device=device, channels_last=channels_last, bf16=bf16)
@@ -335,7 +374,11 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
                              f"--lr (now {lr:g}) and rerun with --overwrite")
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr * factor:.2e}")
-        val_now = val_every > 0 and iteration % val_every == 0 and iteration < iterations
+        if max_seconds and iteration < end and out_of_time():
+            budget_spent = True
+            log.info("time budget of %.1f min spent at iteration %d of %d", max_seconds / 60, iteration, iterations)
+            end = iteration
+        val_now = val_every > 0 and iteration % val_every == 0 and iteration < iterations and not budget_spent
         if iteration % log_every == 0 or iteration == end or val_now:
             now = time.perf_counter()
             if val_now:
@@ -352,7 +395,8 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
             checkpoint(iteration)
     bar.close()
     seconds = time.perf_counter() - t0
-    if iteration >= iterations and val_dataset is not None:
+    finished = iteration >= iterations or budget_spent
+    if finished and val_dataset is not None:
         validation = validate()
         if rows:
             rows[-1][-1] = validation["miou"] if validation else ""
@@ -363,6 +407,6 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
     return TrainResult(iterations=iteration, start_iteration=start, seconds=seconds,
                        images_per_second=round(done_images / seconds, 3) if done_images and seconds > 0 else None,
                        last_loss=losses[-1] if losses else None, validation=validation, checkpoint=ckpt_path,
-                       stopped_early=iteration < iterations,
+                       stopped_early=not finished, budget_spent=budget_spent, elapsed=round(elapsed_now(), 2),
                        speed={"channels_last": channels_last, "bf16": bf16, "device": str(device),
                               "world_size": world})

@@ -273,10 +273,10 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
     if info.get("status") == "complete" and ckpt.exists():
         return ckpt, info.get("quality")
     dev = pick_device(config.device)
-    speed = {"channels_last": resolve_speed(train_config.channels_last, dev, "channels_last"),
-             "bf16": resolve_speed(train_config.bf16, dev, "bf16")}
-    torch.manual_seed(train_config.seed)
     backbone = resolve_backbone(config.model, config.backbone)
+    speed = {"channels_last": resolve_speed(train_config.channels_last, dev, "channels_last", backbone),
+             "bf16": resolve_speed(train_config.bf16, dev, "bf16", backbone)}
+    torch.manual_seed(train_config.seed)
     model = build_model(config.model, num_classes=dataset.num_classes, backbone=backbone, weights=config.weights)
     warm_from = None
     if config.warm_start and round_index > 1:  # continue from the previous round's network (the paper's one run)

@@ -88,7 +88,7 @@ def run_predict(checkpoint: str | Path, config: PredictConfig, dataset: Dataset,
     upstream = {marker: StageFolder(checkpoint)}
     prepare_stage_dir(stage_dir, stage="predictions", method=meta["model"], config=config, dataset=dataset,
                       upstream=upstream, overwrite=overwrite)
-    job = PredictJob(str(checkpoint), config, str(dev), resolve_speed(config.bf16, dev, "bf16"))
+    job = PredictJob(str(checkpoint), config, str(dev), resolve_speed(config.bf16, dev, "bf16", meta.get("backbone")))
     threads = 1 if workers > 1 else None
     return run_images(stage_dir, dataset=dataset, job=job, upstream={}, workers=workers,
                       writes_scores=config.write_scores, overlays=overlays, torch_threads=threads,

@@ -42,6 +42,7 @@ class TrainSummary:
     stopped_early: bool
     speed: dict
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image id, reason) of the pairs left out
+    budget_spent: bool = False  # ended by --max-minutes before --iterations
 
 
 def resolve_labels(labels: str, run_dir: Path) -> StageFolder | None:
@@ -74,9 +75,12 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
         raise ConfigError(f"--model {model_name!r}: choose one of {', '.join(sorted(MODELS))}")
     if config.iterations < 1 or config.batch_size < 1 or config.crop_size < 8:
         raise ConfigError("--iterations and --batch-size must be >= 1 and --crop-size >= 8")
+    if config.max_minutes < 0:
+        raise ConfigError(f"--max-minutes {config.max_minutes:g}: give a positive budget, or 0 for none")
     if not 0 < config.scale_min <= config.scale_max:
         raise ConfigError(f"--scale-min {config.scale_min} / --scale-max {config.scale_max}: need "
                           "0 < scale-min <= scale-max")
+    model_kwargs = model_options(model_name, config)
     run_dir = Path(run_dir)
     folder = resolve_labels(labels, run_dir)
     stage_dir = run_dir / "train" / model_name
@@ -86,7 +90,8 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     rank = dist_env()[0]
     torch.manual_seed(config.seed)
     backbone = resolve_backbone(model_name, config.backbone)
-    model = build_model(model_name, num_classes=dataset.num_classes, backbone=backbone, weights=config.weights)
+    model = build_model(model_name, num_classes=dataset.num_classes, backbone=backbone, weights=config.weights,
+                        **model_kwargs)
     pairs = MaskPairs(dataset, folder, crop_size=config.crop_size,
                       scale_range=(config.scale_min, config.scale_max), flip=config.flip,
                       check_cache=stage_dir / CHECK_CACHE, write_cache=rank == 0,
@@ -98,8 +103,8 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     pairs_digest = hashlib.sha1("\n".join(pairs.ids).encode()).hexdigest()[:16]
     dev = pick_device(device)
     ckpt = stage_dir / CHECKPOINT
-    speed = {"channels_last": resolve_speed(config.channels_last, dev, "channels_last"),
-             "bf16": resolve_speed(config.bf16, dev, "bf16")}
+    speed = {"channels_last": resolve_speed(config.channels_last, dev, "channels_last", backbone),
+             "bf16": resolve_speed(config.bf16, dev, "bf16", backbone)}
     if ckpt.exists():  # a resumed run keeps the numerics it started with
         old = load_checkpoint(ckpt)["meta"]
         speed = {k: bool(old.get("speed", {}).get(k, v)) for k, v in speed.items()}
@@ -110,6 +115,7 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     meta = {"model": model_name, "backbone": backbone, "num_classes": dataset.num_classes,
             "classes": list(dataset.classes), "palette_name": dataset.palette_name, "speed": speed,
             "config_hash": digest, "config": config_to_dict(config), "pairs_digest": pairs_digest,
+            "model_kwargs": model_kwargs,
             "train_images": len(pairs)}
     val_ids = [i for i in val_dataset.ids if val_dataset.gt_path(i) is not None] if val_dataset is not None else []
     if val_dataset is not None and not val_ids:
@@ -119,7 +125,8 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     result = train_model(
         model, pairs, stage_dir, iterations=config.iterations, batch_size=config.batch_size, lr=config.lr,
         head_lr_mult=config.head_lr_mult, momentum=config.momentum, weight_decay=config.weight_decay,
-        poly_power=config.poly_power, seed=config.seed, device=dev, channels_last=speed["channels_last"],
+        poly_power=config.poly_power, optimizer=config.optimizer,
+        max_seconds=config.max_minutes * 60 if config.max_minutes else None, seed=config.seed, device=dev, channels_last=speed["channels_last"],
         bf16=speed["bf16"], loader_workers=config.loader_workers, checkpoint_every=config.checkpoint_every,
         val_every=config.val_every, val_dataset=val_dataset if val_ids else None, val_ids=val_ids,
         stop_at=stop_at, meta=meta, progress=progress,
@@ -130,6 +137,9 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
             "status": "stopped" if result.stopped_early else "complete_with_failures" if failed else "complete",
             "training": {"iterations_done": result.iterations, "iterations": config.iterations,
                          "resumed_from": result.start_iteration, "train_images": len(pairs),
+                         "ended_by": ("stop" if result.stopped_early else "time budget" if result.budget_spent
+                                      else "iterations"),
+                         "training_seconds": result.elapsed,
                          "labels": "gt" if folder is None else str(folder.path),
                          "seconds_this_run": round(result.seconds, 2),
                          "images_per_second": result.images_per_second, "last_loss": result.last_loss,
@@ -141,7 +151,23 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
         })
         write_json(stage_dir / "stage.json", info)
     return TrainSummary(stage_dir, result.checkpoint, result.iterations, result.start_iteration, result.seconds,
-                        result.images_per_second, result.validation, result.stopped_early, result.speed, failed)
+                        result.images_per_second, result.validation, result.stopped_early, result.speed, failed,
+                        result.budget_spent)
+
+
+def model_options(model_name: str, config: TrainConfig) -> dict:
+    """The builder keywords a train config sets beyond the backbone: ``output_stride`` where the builder takes
+    one (0 leaves the model's own). Saved in the checkpoint's meta, so ``wsss predict`` rebuilds the same net."""
+    import inspect
+
+    from ..models import MODELS
+
+    if not config.output_stride:
+        return {}
+    if "output_stride" not in inspect.signature(MODELS[model_name]).parameters:
+        raise ConfigError(f"--output-stride {config.output_stride}: {model_name} has a fixed output stride; "
+                          "leave the option out (0)")
+    return {"output_stride": config.output_stride}
 
 
 def record_pair_failures(stage_dir: Path, usable: int, failed: list[tuple[str, str]]) -> None:
