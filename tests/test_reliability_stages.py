@@ -238,7 +238,8 @@ def test_eval_names_unreadable_and_misfit_masks_and_scores_the_rest(demo_root, t
     assert "masks/demo_0003.png: mask values [99]" in reasons["demo_0003"]
     assert result["images"] == intact["images"] - 3
     cli = CliRunner().invoke(main, ["eval", str(stage), "--dataset", str(demo_root)])
-    assert cli.exit_code == 0 and "3 unreadable" in cli.output
+    assert cli.exit_code == 1 and "3 unreadable" in cli.output  # issue 18: eval names them and exits 1
+    assert "3 image(s) could not be scored" in cli.stderr and "demo_0001: " in cli.stderr
 
 
 def test_voc_corpus_through_train(voc_corpus, tmp_path):  # noqa: F811

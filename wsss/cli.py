@@ -7,8 +7,10 @@ YAML recipes and ``stage.json`` share one set of names and defaults.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -121,27 +123,62 @@ def finish_stage(summary) -> None:
         sys.exit(1)
 
 
+_FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _error_line(message: str) -> None:
+    """Print ``error: message`` on a line of its own (a progress bar still drawn is ended first)."""
+    from .progress import close_bars
+
+    close_bars()
+    click.echo(f"error: {message}", err=True)
+
+
 class WsssGroup(click.Group):
-    """Turns wsss errors into one clear line and exit code 2 instead of a traceback."""
+    """Turns wsss errors (and an output folder that cannot be written) into one clear line and exit code 2 instead
+    of a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except WsssError as exc:
-            click.echo(f"error: {exc}", err=True)
+            _error_line(str(exc))
             ctx.exit(2)
+        except OSError as exc:
+            if exc.errno not in _FILE_ERRNOS:
+                raise
+            from .io import output_error
+
+            _error_line(str(output_error(exc.filename or "the output folder", exc)))
+            ctx.exit(2)
+
+
+def _set_max_pixels(ctx, param, value):
+    if value is not None:
+        from .files import MAX_PIXELS_ENV
+
+        os.environ[MAX_PIXELS_ENV] = str(value)  # read by every image/mask read, in worker processes too
+    return value
 
 
 @click.group(cls=WsssGroup)
 @click.version_option(__version__, prog_name="wsss")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
+@click.option("--max-pixels", type=click.IntRange(1), default=None, expose_value=False, callback=_set_max_pixels,
+              is_eager=True, help="refuse images and masks larger than this many pixels (width x height) before "
+                                  "decoding them [default: $WSSS_MAX_PIXELS or 50000000]")
 def main(verbose: int) -> None:
     """wsss: from image tags and boxes to pixel masks and a trained segmentation network.
 
     Stages write inspectable folders RUN/<stage>/<method>/ (stage.json, manifest.csv, masks/, scores/).
+    Progress: a bar in a terminal; elsewhere (a log file, CI) a line every $WSSS_PROGRESS_SECONDS seconds (10).
     """
+    from .files import max_pixels
+
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("wsss.progress").setLevel(min(logging.INFO, max(level, logging.DEBUG)))
+    max_pixels()  # a bad $WSSS_MAX_PIXELS is one error now, not one per image
 
 
 def _open(dataset_path, split):
@@ -270,6 +307,7 @@ def eval_(masks, dataset_path, split, as_json, workers, sweep):
     result = evaluate_folder(masks, _open(dataset_path, split), workers=workers)
     if as_json:
         click.echo(json.dumps(result, indent=2))
+        _eval_failures(result)
         return
     click.echo(f"{result['images']} images scored ({result['missing']} of the split without a mask, "
                f"{len(result['errors'])} unreadable)")
@@ -279,6 +317,21 @@ def eval_(masks, dataset_path, split, as_json, workers, sweep):
     for name, row in result["per_class"].items():
         vals = [row[k] for k in ("iou", "labelled_iou", "precision", "recall")]
         click.echo(f"{name:<16} " + " ".join("    -  " if v is None else f"{v:7.2f}" for v in vals))
+    _eval_failures(result)
+
+
+def _eval_failures(result: dict) -> None:
+    """Name the images ``wsss eval`` could not read (prediction or GT) on stderr and exit 1 when there are any; the
+    scores above leave them out."""
+    errors = result.get("errors") or []
+    if not errors:
+        return
+    click.echo(f"{len(errors)} image(s) could not be scored (left out of the scores above):", err=True)
+    for row in errors[:10]:
+        click.echo(f"  {row['image_id']}: {row['reason']}", err=True)
+    if len(errors) > 10:
+        click.echo(f"  ... and {len(errors) - 10} more (all listed under 'errors' with --json)", err=True)
+    sys.exit(1)
 
 
 def _eval_sweep(masks, dataset, spec, as_json, workers):
@@ -293,6 +346,7 @@ def _eval_sweep(masks, dataset, spec, as_json, workers):
     result = sweep_folder(masks, dataset, thresholds, workers=workers)
     if as_json:
         click.echo(json.dumps(result, indent=2))
+        _eval_failures(result)
         return
     click.echo(f"{result['images']} images scored ({result['missing']} of the split without scores, "
                f"{len(result['errors'])} unreadable)")
@@ -303,6 +357,7 @@ def _eval_sweep(masks, dataset, spec, as_json, workers):
         click.echo(f"{row['bg_threshold']:12.3f} " + " ".join("    -  " if v is None else f"{v:7.2f}" for v in vals)
                    + mark)
     click.echo(f"best: mIoU {result['best']['miou']:.2f} at --bg-threshold {result['best']['bg_threshold']:g}")
+    _eval_failures(result)
 
 
 # ----------------------------------------------------------------------------------------------- data

@@ -25,7 +25,7 @@ inclusive) are converted; every box is clipped to the image; a box with no area 
 
 from __future__ import annotations
 
-import csv
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError, ImageError
+from .files import open_regular, read_csv_rows, read_text
 from .io import check_image_id, read_image, read_mask
 from .labels import BACKGROUND, IGNORE, builtin_classes, read_class_file
 
@@ -64,7 +65,7 @@ class Dataset:
     ignore_values: tuple[int, ...] = ()
     palette_name: str | None = None
     _labels_csv: dict[str, list[str]] = field(default_factory=dict, repr=False)
-    _boxes_csv: dict[str, list[list[str]]] = field(default_factory=dict, repr=False)
+    _boxes_csv: dict[str, list[tuple[int, list[str]]]] = field(default_factory=dict, repr=False)  # (line, cells)
 
     # ------------------------------------------------------------------------------------------ paths
     @property
@@ -149,7 +150,8 @@ class Dataset:
         names = []
         if xml_path.exists():
             try:
-                root = ET.parse(xml_path).getroot()
+                with open_regular(xml_path, "annotation file", ImageError) as fh:
+                    root = ET.parse(fh).getroot()
             except ET.ParseError as exc:
                 raise ImageError(f"{xml_path}: broken XML ({exc}); fix or delete the annotation file") from None
             for obj in root.iter("object"):
@@ -163,6 +165,9 @@ class Dataset:
                     except (TypeError, ValueError):
                         raise ImageError(f"{xml_path}: object {name!r} has a bndbox without numeric "
                                          "xmin/ymin/xmax/ymax; fix the annotation") from None
+                    if not all(map(math.isfinite, (x0, y0, x1, y1))):
+                        raise ImageError(f"{xml_path}: object {name!r} has a bndbox with a non-finite coordinate "
+                                         f"({x0}, {y0}, {x1}, {y1}); give pixel numbers") from None
                     # VOC: 1-based inclusive -> 0-based, x1/y1 exclusive
                     boxes.append([cls, round(x0) - 1, round(y0) - 1, round(x1), round(y1)])
             labels = tuple(sorted(set(names)))
@@ -185,12 +190,23 @@ class Dataset:
         labels = tuple(sorted({self.class_id(n, where) for n in self._labels_csv[image_id]}))
         rows = []
         boxes_csv = self.root / "boxes.csv"
-        for row in self._boxes_csv.get(image_id, []):
-            cls = self.class_id(row[0], boxes_csv)
-            try:
-                rows.append([cls, *(round(float(v)) for v in row[1:5])])
-            except (ValueError, IndexError):
-                raise ImageError(f"{boxes_csv}: row {[image_id, *row]} needs id,class,x0,y0,x1,y1 numbers") from None
+        for lineno, row in self._boxes_csv.get(image_id, []):
+            where = f"{boxes_csv}: line {lineno}"
+            if len(row) != 5:
+                raise ImageError(f"{where}: row {[image_id, *row]} has {len(row) + 1} fields, but it needs "
+                                 "id,class,x0,y0,x1,y1 numbers; fix the line")
+            cls = self.class_id(row[0], where)
+            coords = []
+            for field_name, value in zip(("x0", "y0", "x1", "y1"), row[1:]):
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = math.nan
+                if not math.isfinite(number) or abs(number) > 1e9:
+                    raise ImageError(f"{where}: field {field_name} = {value!r} is not a finite pixel number; the row "
+                                     "needs id,class,x0,y0,x1,y1 numbers; fix the line")
+                coords.append(round(number))
+            rows.append([cls, *coords])
         return labels, _clip_boxes(np.asarray(rows, np.int64).reshape(-1, 5), shape, boxes_csv)
 
 
@@ -269,24 +285,26 @@ def open_dataset(path: str | Path, split: str | None = None) -> Dataset:
     classes = read_class_file(root / "classes.txt")
     labels_csv: dict[str, list[str]] = {}
     order: list[str] = []
-    with open(root / "labels.csv", newline="") as fh:
-        for row in csv.reader(fh):
-            if not row or row[0].strip().lower() == "id" or row[0].startswith("#"):
-                continue
-            image_id = row[0].strip()
-            order.append(image_id)  # a repeated id is reported by _dedupe; its first row's tags are used
-            labels_csv.setdefault(image_id, " ".join(row[1:]).split())
-    boxes_csv: dict[str, list[list[str]]] = {}
+    order_lines: list[int] = []
+    for lineno, row in read_csv_rows(root / "labels.csv", "labels file"):
+        if row[0].strip().lower() == "id" or row[0].lstrip().startswith("#"):
+            continue
+        image_id = row[0].strip()
+        order.append(image_id)  # a repeated id is reported by _dedupe; its first row's tags are used
+        order_lines.append(lineno)
+        labels_csv.setdefault(image_id, " ".join(row[1:]).split())
+    boxes_csv: dict[str, list[tuple[int, list[str]]]] = {}
     if (root / "boxes.csv").exists():
-        with open(root / "boxes.csv", newline="") as fh:
-            for row in csv.reader(fh):
-                if not row or row[0].strip().lower() == "id" or row[0].startswith("#"):
-                    continue
-                boxes_csv.setdefault(row[0].strip(), []).append([c.strip() for c in row[1:]])
+        for lineno, row in read_csv_rows(root / "boxes.csv", "boxes file"):
+            if row[0].strip().lower() == "id" or row[0].lstrip().startswith("#"):
+                continue
+            boxes_csv.setdefault(row[0].strip(), []).append((lineno, [c.strip() for c in row[1:]]))
     if split is not None and split != "all":
-        ids, problems = _read_split(root / "splits" / f"{split}.txt", root / "splits")
+        ids, problems = _read_split(root / "splits" / f"{split}.txt", root / "splits",
+                                    no_split_hint="; this folder layout has no splits/ folder: use --split all (every "
+                                                  "id of labels.csv), or write splits/<name>.txt with one id a line")
     else:
-        ids, problems = _dedupe(order, root / "labels.csv")
+        ids, problems = _dedupe(order, root / "labels.csv", order_lines)
         if not ids:
             raise DatasetError(f"{root / 'labels.csv'}: no images listed; add rows 'id,class names'")
     return Dataset(root, layout, classes, split, ids, problems, _labels_csv=labels_csv, _boxes_csv=boxes_csv)
@@ -313,27 +331,31 @@ def _open_isbi(root: Path, split: str | None) -> Dataset:
     return Dataset(root, "isbi", ISBI_CLASSES, split, ids, problems)
 
 
-def _read_split(path: Path, split_dir: Path) -> tuple[list[str], list[tuple[str, str]]]:
+def _read_split(path: Path, split_dir: Path, *, no_split_hint: str = "") -> tuple[list[str], list[tuple[str, str]]]:
+    """The ids of a split file: one id a line (UTF-8, BOM dropped, LF or CRLF), blank lines and ``#`` comments
+    skipped, surrounding spaces stripped. An id holding a space or tab is refused by :func:`check_image_id`
+    (ids are file stems without spaces), never cut at the space."""
     if not path.exists():
         have = sorted(p.stem for p in split_dir.glob("*.txt")) if split_dir.is_dir() else []
-        raise DatasetError(f"{path}: split file not found; available splits: {', '.join(have) or 'none'}")
-    raw = [ln.strip() for ln in path.read_text().splitlines()]
-    raw = [ln.split()[0] for ln in raw if ln and not ln.startswith("#")]
-    if not raw:
+        raise DatasetError(f"{path}: split file not found; available splits: {', '.join(have) or 'none'}"
+                           + (no_split_hint if not have else ""))
+    lines = [(n, ln.strip()) for n, ln in enumerate(read_text(path, "split file").splitlines(), 1)]
+    lines = [(n, ln) for n, ln in lines if ln and not ln.startswith("#")]
+    if not lines:
         raise DatasetError(f"{path}: split file is empty; list one image id a line")
-    return _dedupe(raw, path)
+    return _dedupe([ln for _, ln in lines], path, [n for n, _ in lines])
 
 
-def _dedupe(raw: list[str], where: Path) -> tuple[list[str], list[tuple[str, str]]]:
+def _dedupe(raw: list[str], where: Path, linenos: list[int] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     ids, problems, seen = [], [], set()
-    for lineno, image_id in enumerate(raw, 1):
+    for lineno, image_id in zip(linenos or range(1, len(raw) + 1), raw):
         if image_id in seen:
             problems.append((image_id, f"{where}: line {lineno}: duplicate id {image_id!r}; it is processed once, "
                                        "delete the repeated line"))
             continue
         seen.add(image_id)
         try:
-            check_image_id(image_id, str(where))
+            check_image_id(image_id, f"{where} line {lineno}")
         except ImageError as exc:
             problems.append((image_id, str(exc)))
             continue

@@ -27,3 +27,8 @@ class UnsafeFileError(WsssError):
 
 class DiskFullError(WsssError):
     """The disk (or quota) is full. Not one image's fault: the stage stops; finished outputs are kept."""
+
+
+class UnwritableError(WsssError):
+    """A file or folder cannot be written (no permission, read-only file system). Not one image's fault: the stage
+    stops, as it does on a full disk."""

@@ -15,6 +15,7 @@ import os
 import re
 import struct
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -22,8 +23,13 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .errors import DiskFullError, ImageError, UnsafeFileError, WsssError
+from .errors import DiskFullError, ImageError, StageError, UnsafeFileError, UnwritableError, WsssError
+from .files import MAX_PIXELS_ENV, decode_utf8, max_pixels, open_regular
 from .labels import IGNORE, palette_for
+
+# wsss refuses images above its own pixel limit (max_pixels) before decoding them, so PIL's warning for images above
+# its default limit says nothing more: keep it out of the logs.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*")
 MAX_ID_LENGTH = 200  # leaves room for suffixes within the usual 255-byte file-name limit
@@ -37,9 +43,15 @@ def check_image_id(image_id: str, where: str = "") -> str:
     letters, digits, ``_ . + -`` are rejected: no file is ever written outside the stage folder.
     """
     src = f" in {where}" if where else ""
+    if image_id and any(ch.isspace() for ch in image_id):
+        suggestion = re.sub(r"\s+", "_", image_id.strip())
+        raise ImageError(
+            f"image id {image_id!r}{src} holds a space: image ids are file stems without spaces; rename the image "
+            f"(e.g. to {suggestion!r}) and its line"
+        )
     if not image_id or ".." in image_id or not _ID_PATTERN.fullmatch(image_id):
         raise ImageError(
-            f"image id {image_id!r}{src} is not a plain file stem: use letters, digits and _ . + - only "
+            f"image id {image_id!r}{src} is not a plain file stem: use ASCII letters, digits and _ . + - only "
             "(no '/', '\\\\' or '..'); rename the image and its line"
         )
     if len(image_id) > MAX_ID_LENGTH:
@@ -49,6 +61,7 @@ def check_image_id(image_id: str, where: str = "") -> str:
 
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def _disk_full(path: Path, exc: OSError) -> DiskFullError:
@@ -58,6 +71,53 @@ def _disk_full(path: Path, exc: OSError) -> DiskFullError:
     )
 
 
+def unwritable(path: str | os.PathLike, exc: OSError) -> UnwritableError:
+    """The error for an output that cannot be written (no permission, read-only file system)."""
+    where = exc.filename or path
+    return UnwritableError(
+        f"{where}: cannot write here ({os.strerror(exc.errno)}); give a --run folder you can write to, or fix the "
+        "folder's permissions (a read-only mount cannot hold a run)"
+    )
+
+
+def output_error(path: str | os.PathLike, exc: OSError) -> WsssError | None:
+    """The wsss error for an OSError met while writing ``path`` (full disk, no permission), or None for others."""
+    if exc.errno in _DISK_FULL:
+        return _disk_full(Path(path), exc)
+    if exc.errno in _UNWRITABLE:
+        return unwritable(path, exc)
+    return None
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` for outputs (mode as the umask says); no permission or a read-only mount raises
+    :class:`~wsss.errors.UnwritableError`, a full disk :class:`~wsss.errors.DiskFullError`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err = output_error(path, exc)
+        if err is None:
+            raise
+        raise err from None
+    return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (``os.umask`` sets it to read it,
+    which another thread could see); the value is read anew each time, so a changed umask is honoured."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
     """Open a temporary file beside ``path``; on success rename it over ``path``, on error delete it.
@@ -65,13 +125,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
     The temporary file is hidden (``.<name>.<random>.tmp``), so no reader takes it for an output; a process killed
     mid-write leaves at most such a file (stage runners delete stale ones when they resume) and ``path`` either
     absent or whole. A full disk (ENOSPC / EDQUOT) raises :class:`~wsss.errors.DiskFullError` and leaves ``path``
-    as it was.
+    as it was; a folder without write permission or on a read-only mount raises
+    :class:`~wsss.errors.UnwritableError`. The file gets the mode a plain ``open`` would give it (``0o666`` less the
+    umask), not the private 0600 of the temporary file, so a colleague can read a shared runs folder.
     """
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -81,9 +144,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        if exc.errno in _DISK_FULL:
-            raise _disk_full(path, exc) from exc
-        raise
+        err = output_error(path, exc)
+        if err is None:
+            raise
+        raise err from exc
     except BaseException:
         if tmp is not None:
             with contextlib.suppress(OSError):
@@ -129,8 +193,9 @@ def _json_default(obj):
 
 
 def read_json(path: str | os.PathLike):
-    with open(path) as fh:
-        return json.load(fh)
+    """A JSON file (regular files only: a FIFO is refused with :class:`~wsss.errors.StageError`)."""
+    with open_regular(path, "JSON file", StageError) as fh:
+        return json.loads(fh.read())
 
 
 def write_csv(path: str | os.PathLike, header: list[str], rows: list[list]) -> None:
@@ -142,8 +207,14 @@ def write_csv(path: str | os.PathLike, header: list[str], rows: list[list]) -> N
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """The rows of a CSV file with a header line (a manifest, a log) as dicts. Regular files only, UTF-8 (a BOM is
+    dropped), LF or CRLF; anything else raises :class:`~wsss.errors.StageError` naming the file (and line)."""
+    with open_regular(path, "CSV file", StageError) as fh:
+        text = decode_utf8(fh.read(), path, StageError)
+    try:
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise StageError(f"{path}: not valid CSV ({exc}); it is damaged: re-run the stage that wrote it") from None
 
 
 # --------------------------------------------------------------------------------------------------- images
@@ -160,16 +231,59 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: image file not found; check the id in the split file or add the image")
-    try:
-        with Image.open(path) as img:
-            img.load()
+    with _decoded(path, "image") as img:
+        try:
             return _to_rgb(img)
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
-        raise ImageError(
-            f"{path}: cannot decode image ({exc}); the file is corrupt or truncated: re-export or remove it"
-        ) from exc
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"{path}: cannot convert the image to RGB ({exc}); re-export it as 8-bit RGB") from exc
+
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, Image.DecompressionBombError)
+
+
+@contextlib.contextmanager
+def _decoded(path: Path, what: str) -> Iterator[Image.Image]:
+    """The one guard every image and mask read goes through: a regular file only (a FIFO or device is refused at
+    once), its width x height checked against :func:`wsss.files.max_pixels` from the header before any pixel is
+    decoded (a decompression bomb is refused naming the file), then fully decoded; any decoder error is an
+    :class:`ImageError` naming the file."""
+    limit = max_pixels()
+    if limit > (Image.MAX_IMAGE_PIXELS or 0) * 2:  # PIL refuses above twice its own limit: let wsss's rule decide
+        Image.MAX_IMAGE_PIXELS = limit
+    fix = ("the file is corrupt or truncated: re-export or remove it" if what == "image"
+           else "re-export it as a PNG")
+    try:
+        fh = open_regular(path, f"{what} file", ImageError)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: {what} file not found") from None
+    with fh:
+        try:
+            img = Image.open(fh)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(_too_large(path, what, None, limit, exc)) from None
+        except _DECODE_ERRORS as exc:
+            reason = str(exc).replace(repr(fh), repr(str(path)))  # PIL names the file object: name the file
+            raise ImageError(f"{path}: cannot decode {what} ({reason}); {fix}") from None
+        with img:
+            width, height = img.size
+            if width * height > limit:
+                raise ImageError(_too_large(path, what, (width, height), limit))
+            try:
+                img.load()
+            except MemoryError:
+                raise ImageError(f"{path}: not enough memory to decode the {width}x{height} {what}; lower "
+                                 f"{MAX_PIXELS_ENV} or shrink the {what}") from None
+            except _DECODE_ERRORS as exc:
+                raise ImageError(f"{path}: cannot decode {what} ({exc}); the file is corrupt or truncated: {fix} "
+                                 "or remove it") from None
+            yield img
+
+
+def _too_large(path: Path, what: str, size, limit: int, exc=None) -> str:
+    shown = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else f"too large ({exc})"
+    return (f"{path}: {what} is {shown}, above the limit of {limit:,} pixels (a decompression bomb, or "
+            f"simply too large for this machine); shrink or tile the {what}, or raise the limit with "
+            f"{MAX_PIXELS_ENV}=N or 'wsss --max-pixels N'")
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -197,19 +311,16 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None, *, ignore
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: mask file not found")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("P", "L", "I;16", "I", "1"):
-                raise ImageError(
-                    f"{path}: mask has mode {img.mode}; save masks as palette (P) or grayscale (L) PNGs whose "
-                    "pixel values are class ids"
-                )
+    with _decoded(path, "mask") as img:
+        if img.mode not in ("P", "L", "I;16", "I", "1"):
+            raise ImageError(
+                f"{path}: mask has mode {img.mode}; save masks as palette (P) or grayscale (L) PNGs whose "
+                "pixel values are class ids"
+            )
+        try:
             mask = np.asarray(img)
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode mask ({exc}); re-export it as a PNG") from exc
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"{path}: cannot decode mask ({exc}); re-export it as a PNG") from exc
     if mask.dtype == bool:
         mask = mask.astype(np.uint8)
     if mask.max(initial=0) > 255:
@@ -268,7 +379,7 @@ def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read ``(scores (K, H, W) float32, class_ids (K,) int)`` from an ``.npz``; pickled content is refused."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open_regular(path, "scores file", UnsafeFileError) as fh, np.load(fh, allow_pickle=False) as data:
             if "scores" not in data.files or "class_ids" not in data.files:
                 raise UnsafeFileError(f"{path}: not a wsss scores file (keys {data.files}); re-run the stage")
             scores = data["scores"].astype(np.float32)
@@ -277,7 +388,7 @@ def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise
     except FileNotFoundError as exc:
         raise ImageError(f"{path}: scores file not found; re-run the upstream stage") from exc
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (ValueError, TypeError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise UnsafeFileError(
             f"{path}: not a plain numeric .npz ({exc}); it may be corrupt or tampered with: delete it and re-run "
             "the stage that wrote it"
@@ -316,10 +427,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
         raise UnsafeFileError(
             f"{path}: refused to load: the checkpoint holds pickled objects other than tensors and plain "
-            f"containers ({first[-1] if first else exc}), which could run code; it may be tampered with. Only use "
+            f"containers ({_refusal_reason(exc)}), which could run code; it may be tampered with. Only use "
             "checkpoints written by wsss, or re-run training"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -327,3 +437,15 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
             f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {str(exc)[:200]}); it is corrupt or "
             "truncated: delete it and re-run training"
         ) from None
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """torch's reason for a ``weights_only`` refusal (which global was refused), without its boilerplate (the
+    advice to load with ``weights_only=False`` or to allow-list the global is exactly what must not be done)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in lines:
+        if re.search(r"GLOBAL|global|Unsupported|WeightsUnpickler|opcode", line):
+            return re.split(r"\s(?:Please|If you|Check the documentation|To )\b", line, maxsplit=1)[0].rstrip(" .")
+    skip = ("Weights only load failed", "Check the documentation", "Re-running")
+    useful = [ln for ln in lines if not ln.startswith(skip)]
+    return (useful or lines or [type(exc).__name__])[0][:300]

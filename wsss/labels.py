@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import read_text
+
 BACKGROUND = 0
 IGNORE = 255
 
@@ -34,8 +36,9 @@ def builtin_classes(name: str) -> tuple[str, ...]:
 
 
 def read_class_file(path: Path) -> tuple[str, ...]:
-    """Read a classes file: one class name a line, line order = label value; blank lines and ``#`` skipped."""
-    names = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    """Read a classes file: one class name a line, line order = label value; blank lines and ``#`` skipped.
+    UTF-8 (a BOM is dropped), LF or CRLF; another encoding is a :class:`~wsss.errors.DatasetError` naming the line."""
+    names = [ln.strip() for ln in read_text(path, "classes file").splitlines()]
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
         from .errors import DatasetError

@@ -13,26 +13,57 @@ from ..metrics import confusion_matrix, scores_from_confusion
 from .folder import StageFolder
 
 
+NO_GT = "no GT mask"  # not a failure: the image is left out and counted under "no_gt"
+
+
+def _guarded(fn):
+    """Run one image's scoring; any error becomes that image's reason (named file and fix for wsss errors), so one
+    unreadable file never stops ``wsss eval`` with a traceback."""
+    def run(args):
+        image_id = args[2]
+        try:
+            return fn(args)
+        except WsssError as exc:
+            return image_id, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one image's unexpected failure must not lose the others' scores
+            return image_id, None, f"internal error {type(exc).__name__}: {exc}"
+    return run
+
+
+@_guarded
 def _one(args):
     folder, dataset, image_id = args
-    try:
-        gt = dataset.load_gt(image_id)
-        if gt is None:
-            return image_id, None, "no GT mask"
-        pred = folder.mask(image_id)
-        if pred.shape != gt.shape:
-            return image_id, None, (f"{folder.path / folder.rows[image_id]['mask']}: mask is "
-                                    f"{pred.shape[1]}x{pred.shape[0]} but the GT {dataset.gt_path(image_id)} is "
-                                    f"{gt.shape[1]}x{gt.shape[0]}; re-run the stage on this dataset")
-        return image_id, confusion_matrix(gt, pred, dataset.num_classes), ""
-    except (WsssError, ValueError) as exc:
-        return image_id, None, str(exc)
+    gt = dataset.load_gt(image_id)
+    if gt is None:
+        return image_id, None, NO_GT
+    pred = folder.mask(image_id)
+    if pred.shape != gt.shape:
+        return image_id, None, (f"{folder.path / folder.rows[image_id]['mask']}: mask is "
+                                f"{pred.shape[1]}x{pred.shape[0]} but the GT {dataset.gt_path(image_id)} is "
+                                f"{gt.shape[1]}x{gt.shape[0]}; re-run the stage on this dataset")
+    return image_id, confusion_matrix(gt, pred, dataset.num_classes), ""
+
+
+def _split(results):
+    """``(confusion matrices, [{image_id, reason}] of the images that could not be read, ids without GT)``."""
+    cms = [cm for _, cm, _ in results if cm is not None]
+    errors = [{"image_id": i, "reason": why} for i, cm, why in results if cm is None and why != NO_GT]
+    no_gt = [i for i, cm, why in results if cm is None and why == NO_GT]
+    return cms, errors, no_gt
+
+
+def _first(errors, no_gt) -> str:
+    if errors:
+        return "; ".join(f"{e['image_id']}: {e['reason']}" for e in errors[:3])
+    return f"none of the {len(no_gt)} images has a GT mask in the dataset"
 
 
 def evaluate_folder(path: str | Path, dataset: Dataset, *, workers: int = 2) -> dict:
     """mIoU etc. of the masks in ``path`` (stage folder or folder of PNGs) over the dataset split's ids.
 
-    Images of the split with no usable prediction are listed under ``missing``; they are left out of the scores.
+    Images of the split with no usable prediction are counted under ``missing``, those without GT under ``no_gt``;
+    images whose prediction or GT cannot be read (or whose manifest row points outside the folder) are listed under
+    ``errors`` with the file and the reason. All of them are left out of the scores.
     """
     folder = StageFolder.open(path)
     ids = [i for i in dataset.ids if folder.has(i)]
@@ -42,31 +73,29 @@ def evaluate_folder(path: str | Path, dataset: Dataset, *, workers: int = 2) -> 
                          "here; check --dataset/--split")
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = list(pool.map(_one, [(folder, dataset, i) for i in ids]))
-    cms = [cm for _, cm, _ in results if cm is not None]
-    errors = [{"image_id": i, "reason": why} for i, cm, why in results if cm is None]
+    cms, errors, no_gt = _split(results)
+    errors += [{"image_id": i, "reason": folder.refused[i]} for i in dataset.ids if i in folder.refused]
     if not cms:
-        raise StageError(f"{path}: no image could be scored against GT ({errors[:3]})")
+        raise StageError(f"{path}: no image could be scored against GT ({_first(errors, no_gt)})")
     out = scores_from_confusion(np.sum(cms, axis=0), dataset.classes)
-    out.update({"images": len(cms), "missing": len(missing), "errors": errors, "masks": str(path),
-                "dataset": dataset.describe()})
+    out.update({"images": len(cms), "missing": len(missing), "no_gt": len(no_gt), "errors": errors,
+                "masks": str(path), "dataset": dataset.describe()})
     return out
 
 
 # ------------------------------------------------------------------------------------ threshold sweep
+@_guarded
 def _sweep_one(args):
     from ..seeds.cam import sweep_confusions
 
     folder, dataset, image_id, thresholds = args
-    try:
-        gt = dataset.load_gt(image_id)
-        if gt is None:
-            return image_id, None, "no GT mask"
-        scores, class_ids = folder.scores(image_id)
-        if scores.shape[1:] != gt.shape:
-            return image_id, None, f"scores {scores.shape[1:]} and GT {gt.shape} differ in size"
-        return image_id, sweep_confusions(scores, class_ids, gt, thresholds, dataset.num_classes), ""
-    except (WsssError, ValueError) as exc:
-        return image_id, None, str(exc)
+    gt = dataset.load_gt(image_id)
+    if gt is None:
+        return image_id, None, NO_GT
+    scores, class_ids = folder.scores(image_id)
+    if scores.shape[1:] != gt.shape:
+        return image_id, None, f"scores {scores.shape[1:]} and GT {gt.shape} differ in size"
+    return image_id, sweep_confusions(scores, class_ids, gt, thresholds, dataset.num_classes), ""
 
 
 def sweep_folder(path: str | Path, dataset: Dataset, thresholds, *, workers: int = 2) -> dict:
@@ -90,10 +119,9 @@ def sweep_folder(path: str | Path, dataset: Dataset, thresholds, *, workers: int
                          "here; check --dataset/--split")
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = list(pool.map(_sweep_one, [(folder, dataset, i, thresholds) for i in ids]))
-    cms = [cm for _, cm, _ in results if cm is not None]
-    errors = [{"image_id": i, "reason": why} for i, cm, why in results if cm is None]
+    cms, errors, no_gt = _split(results)
     if not cms:
-        raise StageError(f"{path}: no image could be scored against GT ({errors[:3]})")
+        raise StageError(f"{path}: no image could be scored against GT ({_first(errors, no_gt)})")
     total = np.sum(cms, axis=0)
     rows = []
     for t, cm in zip(thresholds, total):
@@ -101,5 +129,6 @@ def sweep_folder(path: str | Path, dataset: Dataset, thresholds, *, workers: int
         rows.append({"bg_threshold": t, **{k: q[k] for k in ("miou", "labelled_miou", "mean_precision",
                                                              "mean_recall", "pixel_accuracy")}})
     best = max(rows, key=lambda r: -1.0 if r["miou"] is None else r["miou"])
-    return {"rows": rows, "best": best, "images": len(cms), "missing": len(missing), "errors": errors,
+    return {"rows": rows, "best": best, "images": len(cms), "missing": len(missing), "no_gt": len(no_gt),
+            "errors": errors,
             "scores": str(path), "dataset": dataset.describe()}

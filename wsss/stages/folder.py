@@ -10,6 +10,30 @@ import numpy as np
 from ..errors import ImageError, StageError
 from ..io import read_csv, read_json, read_mask, read_scores
 
+PATH_COLUMNS = ("mask", "scores")  # manifest columns holding a file path relative to the stage folder
+
+
+def _check_row_paths(manifest: Path, lineno: int, row: dict) -> bool:
+    """A manifest is data, not a list of paths to trust: a path column must be a plain relative path inside the
+    stage folder (no absolute path, no ``..``, no drive or backslash tricks). A row breaking that is turned into a
+    failed row naming the manifest line (False returned), so that image fails downstream with the reason and the
+    others go on."""
+    for column in PATH_COLUMNS:
+        rel = row.get(column) or ""
+        if not rel:
+            continue
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or "\\" in rel or ":" in rel or ".." in parts:
+            row.update(status="failed", mask="", scores="", error=(
+                f"{manifest}: line {lineno}: {column} path {rel!r} of image {row.get('image_id')!r} points outside "
+                "its stage folder; the manifest was edited or damaged: re-run the stage that wrote it"))
+            return False
+    return True
+
+
+def _ok(row: dict | None) -> bool:
+    return row is not None and row.get("status") == "ok"
+
 
 @dataclass
 class StageFolder:
@@ -21,6 +45,7 @@ class StageFolder:
     path: Path
     info: dict = field(default_factory=dict)
     rows: dict[str, dict] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # image id -> why its manifest row was not trusted
 
     @classmethod
     def open(cls, path: str | Path) -> "StageFolder":
@@ -31,10 +56,15 @@ class StageFolder:
         if manifest.exists():
             info = read_json(path / "stage.json") if (path / "stage.json").exists() else {}
             rows: dict[str, dict] = {}
-            for r in read_csv(manifest):  # a duplicate id's failed row never hides the id's finished row
+            refused: dict[str, str] = {}
+            for lineno, r in enumerate(read_csv(manifest), 2):
+                if not isinstance(r.get("image_id"), str):
+                    continue  # a short or blank line names no image
+                if not _check_row_paths(manifest, lineno, r):
+                    refused[r["image_id"]] = r["error"]
                 if r["image_id"] not in rows or rows[r["image_id"]].get("status") != "ok":
-                    rows[r["image_id"]] = r
-            return cls(path, info, rows)
+                    rows[r["image_id"]] = r  # a duplicate id's failed row never hides the id's finished row
+            return cls(path, info, rows, {i: why for i, why in refused.items() if not _ok(rows.get(i))})
         if (path / "stage.json").exists():
             raise StageError(
                 f"{path}: the stage has not finished (stage.json but no manifest.csv: still running or "

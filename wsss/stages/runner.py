@@ -8,7 +8,8 @@ What it guarantees (DESIGN.md, stage-folder contract):
   during the clearing leaves a folder that is refused, never mixed); a non-empty folder without ``stage.json`` is
   refused too; stale hidden temporary files of a killed run are deleted on resume;
 * a bad image is recorded (manifest + ``stage.json``) and the run goes on; the caller exits non-zero; a full disk
-  (:class:`~wsss.errors.DiskFullError`) is not one image's fault and stops the stage (finished outputs are kept);
+  (:class:`~wsss.errors.DiskFullError`) or an unwritable folder (:class:`~wsss.errors.UnwritableError`) is not one
+  image's fault and stops the stage (finished outputs are kept);
 * memory is flat in the number of images: one image is in memory at a time and each finished image leaves only a
   small record (ids, paths, status); confusion matrices are summed as they arrive;
 * ``workers > 1`` uses a process pool; under ``torchrun`` (``WORLD_SIZE`` > 1) images are sharded by ``RANK`` and
@@ -35,11 +36,12 @@ import numpy as np
 from .. import __version__
 from ..config import config_hash, config_to_dict
 from ..datasets import Dataset, Sample
-from ..errors import DiskFullError, ImageError, StageError, WsssError
-from ..io import (read_json, read_mask, remove_stale_temp_files, write_csv, write_jpeg, write_json, write_mask,
-                  write_png, write_scores)
+from ..errors import DiskFullError, ImageError, StageError, UnwritableError, WsssError
+from ..io import (make_dirs, read_json, read_mask, remove_stale_temp_files, write_csv, write_jpeg, write_json,
+                  write_mask, write_png, write_scores)
 from ..labels import IGNORE, palette_for
 from ..metrics import confusion_matrix, scores_from_confusion
+from ..progress import progress
 from .folder import StageFolder
 
 log = logging.getLogger(__name__)
@@ -121,7 +123,7 @@ def prepare_stage_dir(stage_dir: Path, *, stage: str, method: str, config, datas
         _clear_stage_dir(stage_dir)
     elif overwrite and stage_dir.exists():
         _clear_stage_dir(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(stage_dir)  # no permission / read-only mount: UnwritableError naming the folder, before any work
     if world == 1:  # no other process writes here: drop what a killed run left half-written
         removed = remove_stale_temp_files(stage_dir)
         if removed:
@@ -201,7 +203,7 @@ def _process_one(image_id: str) -> dict:
         write_mask(mask_path, mask, ctx["palette"])  # last: its presence marks the image finished
         if ctx["evaluate"] and sample.gt is not None:
             record["cm"] = confusion_matrix(sample.gt, mask, dataset.num_classes)
-    except DiskFullError:
+    except (DiskFullError, UnwritableError):
         raise  # not this image's fault: stop the stage, keep what is finished
     except WsssError as exc:
         record.update(status="failed", error=str(exc), mask="", scores="")
@@ -233,8 +235,6 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
 
     ``job(sample, upstream)`` must be picklable for ``workers > 1`` and carry ``needs_image`` (bool).
     """
-    from tqdm import tqdm
-
     stage_dir = Path(stage_dir)
     rank, world = dist_info()
     ids = dataset.ids[rank::world] if world > 1 else list(dataset.ids)
@@ -247,10 +247,10 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
     t0 = time.perf_counter()
     records: list[dict] = []
     cm_sum = _CmSum()
-    bar = dict(total=len(ids), desc=desc or stage_dir.name, unit="img", disable=None, dynamic_ncols=True)
+    bar = dict(total=len(ids), desc=desc or stage_dir.name, unit="img")
     if workers <= 1 or len(ids) <= 1:
         _init_worker(ctx)
-        for image_id in tqdm(ids, **bar):
+        for image_id in progress(ids, **bar):
             records.append(cm_sum.take(_process_one(image_id)))
     else:
         try:
@@ -258,7 +258,7 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
                                      mp_context=_pool_context(job)) as pool:
                 chunk = max(1, min(16, len(ids) // (workers * 8)))
                 try:
-                    for record in tqdm(pool.map(_process_one, ids, chunksize=chunk), **bar):
+                    for record in progress(pool.map(_process_one, ids, chunksize=chunk), **bar):
                         records.append(cm_sum.take(record))
                 except BaseException:  # full disk, Ctrl-C: stop now instead of running the queued images
                     pool.shutdown(wait=True, cancel_futures=True)
