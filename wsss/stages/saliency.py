@@ -24,6 +24,7 @@ from ..config import SaliencyConfig, config_to_dict
 from ..datasets import Dataset, Sample
 from ..errors import ConfigError, ImageError, StageError, UnsafeFileError
 from ..io import load_checkpoint, read_mask, save_checkpoint, write_csv, write_png
+from ..progress import progress
 from .runner import ImageResult
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,11 @@ def _training_set(config: SaliencyConfig, dataset: Dataset) -> Dataset:
 
 def prepare_training_data(config: SaliencyConfig, train_set: Dataset, stage_dir: Path):
     """Images resized to ``input_size`` and their targets (cached in ``targets/``); skips unusable images."""
-    from tqdm import tqdm
-
     from ..seeds.saliency import mask_targets, resize_pair, scale_boxes, targets_from_boxes
 
     size = config.input_size
     images, targets, skipped, any_box = [], [], [], False
-    for image_id in tqdm(train_set.ids, desc="saliency targets", unit="img", disable=None, dynamic_ncols=True):
+    for image_id in progress(train_set.ids, desc="saliency targets", unit="img"):
         cache = stage_dir / "targets" / f"{image_id}.png"
         try:
             sample = train_set.load(image_id, image=True, gt=config.targets == "masks")
