@@ -33,6 +33,7 @@ from .datasets import Dataset
 from .errors import DatasetError, ImageError, WsssError
 from .io import read_image, read_json, write_json
 from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from .progress import progress as progress_bar
 from .stages.folder import StageFolder
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,6 @@ class MaskPairs(TorchDataset):
 
     def _check_pairs(self, ids: list[str], cache_path, threads: int, progress: bool,
                      write_cache: bool = True) -> dict[str, str]:
-        from tqdm import tqdm
-
         source = "gt" if self.labels is None else str(Path(self.labels.path).resolve())
         header = {"version": 1, "source": source, "num_classes": self.dataset.num_classes}
         cached: dict = {}
@@ -143,13 +142,12 @@ class MaskPairs(TorchDataset):
         keys = {i: self._files(i) for i in ids}
         todo = [i for i in ids if not (i in cached and cached[i][0] == keys[i])]
         results = {i: cached[i][1] for i in ids if i not in todo}
-        bar = dict(total=len(todo), desc="checking training pairs", unit="pair", disable=None if progress else True,
-                   dynamic_ncols=True, leave=False)
+        bar = dict(total=len(todo), desc="checking training pairs", unit="pair", enabled=progress, leave=False)
         if threads > 1 and len(todo) > 1:
             with ThreadPoolExecutor(max_workers=threads) as pool:
-                outcomes = list(tqdm(pool.map(self.check_pair, todo), **bar))
+                outcomes = list(progress_bar(pool.map(self.check_pair, todo), **bar))
         else:
-            outcomes = [self.check_pair(i) for i in tqdm(todo, **bar)]
+            outcomes = [self.check_pair(i) for i in progress_bar(todo, **bar)]
         results.update(zip(todo, outcomes))
         if cache_path is not None and todo and write_cache:
             write_json(cache_path, {**header, "pairs": {i: [keys[i], results[i]] for i in ids}})

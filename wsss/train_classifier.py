@@ -26,6 +26,7 @@ from .config import CamConfig, config_to_dict
 from .datasets import Dataset
 from .errors import ConfigError, DatasetError, ImageError, UnsafeFileError, WsssError
 from .io import load_checkpoint, save_checkpoint, write_bytes, write_csv
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +134,8 @@ def usable_training_ids(dataset: Dataset, ids: list[str]) -> tuple[list[str], li
     boxes), so an unreadable or truncated image or a broken annotation is left out before training instead of
     stopping it mid-epoch. The outcome depends only on the files, so a resumed run sees the same set (exact resume).
     No usable image at all is a :class:`DatasetError`."""
-    from tqdm import tqdm
-
     good, skipped = [], []
-    for image_id in tqdm(ids, desc="checking classifier training images", unit="img", disable=None, leave=False,
-                         dynamic_ncols=True):
+    for image_id in progress(ids, desc="checking classifier training images", unit="img", leave=False):
         try:
             dataset.load(image_id, gt=False)
         except ImageError as exc:
@@ -159,8 +157,6 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     ``ids`` restricts training to those images (default: every id of ``dataset``). ``loader_workers`` > 0 decodes
     and augments in that many processes.
     """
-    from tqdm import tqdm
-
     from .models.classifier import build_classifier
     from .seeds.cam import bf16_autocast, cam_uses_bf16
     from .train import budget_poly_lr
@@ -221,8 +217,8 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
         model.train()
         t_epoch = time.perf_counter()
         losses, seen, lr = [], 0, config.lr
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"cam classifier epoch {epoch + 1}/{config.epochs}",
-                   unit="batch", disable=None, dynamic_ncols=True, leave=False)
+        bar = progress(loader, total=steps_per_epoch, desc=f"cam classifier epoch {epoch + 1}/{config.epochs}",
+                       unit="batch", leave=False)
         for step, (images, targets) in enumerate(bar):
             elapsed = train_seconds + time.perf_counter() - t_epoch
             if budget is not None and elapsed >= budget:
@@ -254,8 +250,10 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
                f"{seen / max(epoch_seconds, 1e-9):.3f},{epoch_seconds:.2f},{train_seconds:.2f}\n")
         log_rows.append(row)
         # the RNG state and the log rows travel in the checkpoint, so a resume continues both exactly
+        # the optimizer state is only for resuming: a finished classifier keeps what inference needs (about half
+        # the file: SGD momentum / AdamW moments are one or two more copies of the weights)
         save_checkpoint(ckpt_path, {"model": {k: v.contiguous() for k, v in model.state_dict().items()},
-                                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                                    **({} if finished else {"optimizer": optimizer.state_dict()}), "epoch": epoch + 1,
                                     "train_seconds": train_seconds, "complete": finished, "meta": meta,
                                     "rng": torch.get_rng_state(), "log": log_rows})
         write_bytes(log_path, (LOG_HEADER + "".join(log_rows)).encode())
@@ -266,5 +264,6 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     state = read_checkpoint(ckpt_path)
     if not state.get("complete"):  # the budget was spent before this run started: mark the schedule finished
         state["complete"] = True
+        state.pop("optimizer", None)
         save_checkpoint(ckpt_path, state)
     return ckpt_path

@@ -192,9 +192,8 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
     """
     import time
 
-    from tqdm import tqdm
-
     from ..train import budget_poly_lr
+    from ..progress import progress as progress_bar
 
     t0 = time.perf_counter()
 
@@ -210,8 +209,8 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
         order = rng.permutation(n)
         flips = rng.random(n) < 0.5
         running, count = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"saliency epoch {epoch + 1}/{epochs}", disable=not progress or None,
-                   leave=False, dynamic_ncols=True)
+        bar = progress_bar(range(steps_per_epoch), desc=f"saliency epoch {epoch + 1}/{epochs}", unit="step",
+                           enabled=bool(progress), leave=False)
         out_of_time = False
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
