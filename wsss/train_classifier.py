@@ -185,7 +185,10 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
         from .models.classifier import classifier_state
 
         model.load_state_dict(classifier_state(state["model"]))
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        else:  # a finished checkpoint keeps no optimizer state; one marked unfinished by hand resumes without it
+            log.warning("%s: no optimizer state to resume from; the optimizer starts afresh", ckpt_path)
         start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
         log_rows = list(state.get("log", []))
         if "rng" in state:  # the augmentation draws from torch's global RNG: continue its stream (exact resume)
