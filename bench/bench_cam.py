@@ -18,8 +18,9 @@ import torch
 from torch.nn import functional as F
 
 from wsss.models.classifier import build_classifier
+from wsss.runtime import uses_bf16
 from wsss.train_classifier import load_classifier
-from wsss.seeds.cam import DEFAULT_SCALES, cam_seed_mask, cam_uses_bf16, multiscale_cam, prepare_for_inference, \
+from wsss.seeds.cam import DEFAULT_SCALES, cam_seed_mask, multiscale_cam, prepare_for_inference, \
     scaled_size
 
 
@@ -75,7 +76,7 @@ def main() -> None:
         ("flip batched + BN folded + cl + bf16", dict(fold_bn=True, channels_last=True, bf16=True)),
     ]
     # the settings `wsss seeds --method cam` uses on this CPU (channels_last on; --precision auto)
-    default_bf16 = cam_uses_bf16("auto", torch.device("cpu"))
+    default_bf16 = uses_bf16("auto", torch.device("cpu"))
     default = next(name for name, o in variants if o["channels_last"] and o["fold_bn"] and o["bf16"] == default_bf16)
     if args.only_default:
         variants = [v for v in variants if v[0] == default]

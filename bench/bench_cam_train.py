@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from wsss.models.classifier import build_classifier
-from wsss.seeds.cam import bf16_autocast, cam_uses_bf16
+from wsss.runtime import bf16_autocast, uses_bf16
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     device = torch.device("cpu")
     torch.manual_seed(0)
     base = build_classifier(num_classes=20, backbone=args.backbone, weights=args.weights)
-    bf16 = cam_uses_bf16("auto", device)
+    bf16 = uses_bf16("auto", device)
     variants = {"naive (fp32, contiguous)": (copy.deepcopy(base), False, False),
                 f"wsss (channels_last{', bf16' if bf16 else ''})":
                     (copy.deepcopy(base).to(memory_format=torch.channels_last), True, bf16)}

@@ -25,7 +25,7 @@ import _harness
 from wsss.crf import crf_params
 from wsss.io import read_image, write_mask
 from wsss.metrics import confusion_matrix, scores_from_confusion
-from wsss.stages.folder import StageFolder
+from wsss.folders import StageFolder
 
 
 def naive_crf(image: np.ndarray, mask: np.ndarray, num_labels: int, iterations: int = 10) -> np.ndarray:

@@ -66,7 +66,8 @@ def interleaved(args) -> dict:
     import torch
 
     from wsss.pairs import ResumableSampler
-    from wsss.train import make_optimizer, pick_device, resolve_speed, train_step
+    from wsss.runtime import pick_device, resolve_speed
+    from wsss.train import make_optimizer, train_step
 
     pairs, model = _setup(args)
     device = pick_device(args.device)
@@ -108,7 +109,8 @@ def worker(args) -> dict:
     import torch.nn.functional as F
 
     from wsss.pairs import ResumableSampler
-    from wsss.train import make_optimizer, pick_device, resolve_speed, train_model
+    from wsss.runtime import pick_device, resolve_speed
+    from wsss.train import make_optimizer, train_model
 
     pairs, model = _setup(args)
     device = pick_device(args.device)

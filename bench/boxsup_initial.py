@@ -24,7 +24,7 @@ def main() -> None:
     from wsss.metrics import confusion_matrix, scores_from_confusion
     from wsss.seeds.grabcut import box_fill
     from wsss.stages.candidates import read_candidates
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", required=True)

@@ -22,7 +22,7 @@ def main() -> None:
     from wsss.datasets import open_dataset
     from wsss.label.boxsup import initial_selection
     from wsss.stages.candidates import read_candidates
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
 
     ap = argparse.ArgumentParser()
     ap.add_argument("stage")

@@ -39,7 +39,7 @@ def main() -> None:
     from wsss.metrics import confusion_matrix, scores_from_confusion
     from wsss.models.inference import segment
     from wsss.stages.candidates import read_candidates
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
     from wsss.stages.predict import load_trained_model
 
     ap = argparse.ArgumentParser()

@@ -27,7 +27,8 @@ from wsss.config import CamConfig, build_config
 from wsss.datasets import open_dataset
 from wsss.metrics import scores_from_confusion
 from wsss.recipes import load_recipe
-from wsss.seeds.cam import cam_uses_bf16, multiscale_cam, prepare_for_inference, sweep_confusions
+from wsss.runtime import uses_bf16
+from wsss.seeds.cam import multiscale_cam, prepare_for_inference, sweep_confusions
 from wsss.train_classifier import load_classifier, train_classifier
 
 
@@ -75,7 +76,7 @@ def main() -> None:
         train_s = time.perf_counter() - t0
     model = load_classifier(out / "classifier.pt", num_classes=dataset.num_classes - 1)
     model = prepare_for_inference(dense_os8(model) if args.dense8 else model, channels_last=config.channels_last)
-    bf16 = cam_uses_bf16(config.precision, torch.device("cpu"))
+    bf16 = uses_bf16(config.precision, torch.device("cpu"))
     thresholds = tuple(round(t, 2) for t in np.arange(0.2, 0.81, 0.05))
     k = dataset.num_classes
     confusion = np.zeros((len(thresholds), k, k + 1), np.int64)

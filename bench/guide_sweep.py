@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wsss.datasets import open_dataset  # noqa: E402
 from wsss.label.guide import dense_cam_labels, guide_labels, saliency_only_labels  # noqa: E402
 from wsss.metrics import confusion_matrix, scores_from_confusion  # noqa: E402
-from wsss.stages.folder import StageFolder  # noqa: E402
+from wsss.folders import StageFolder  # noqa: E402
 from wsss.stages.label import saliency_map, seed_evidence  # noqa: E402
 
 GRIDS = {

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wsss.datasets import open_dataset  # noqa: E402
 from wsss.io import read_mask  # noqa: E402
 from wsss.seeds.saliency import SaliencyQuality  # noqa: E402
-from wsss.stages.folder import StageFolder  # noqa: E402
+from wsss.folders import StageFolder  # noqa: E402
 
 
 def centre_prior(shape) -> np.ndarray:

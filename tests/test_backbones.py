@@ -175,7 +175,7 @@ def test_normalisation_comes_from_the_backbone():
     from wsss.models.classifier import build_classifier
     from wsss.models.inference import image_to_tensor, input_normalisation
     from wsss.models.saliency_net import saliency_net
-    from wsss.train import augment_pair
+    from wsss.pairs import augment_pair
 
     lite = build_model("deeplabv2", num_classes=3, backbone="efficientnet_lite0")
     resnet = build_model("deeplabv2", num_classes=3, backbone="resnet18")

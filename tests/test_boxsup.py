@@ -335,7 +335,7 @@ def test_candidates_stage_writes_npz_sheets_and_initial_labels(demo_root, tmp_pa
     from wsss.config import BoxSupConfig
     from wsss.label.boxsup import initial_selection, labels_from_selection
     from wsss.stages.candidates import read_candidates, run_candidates
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
 
     ds = open_dataset(demo_root, "train")
     config = CandidatesConfig(sheets=2)
@@ -385,7 +385,7 @@ def test_boxsup_rounds_write_evaluable_folders_and_resume(demo_root, tmp_path):
     from wsss.datasets import open_dataset
     from wsss.io import read_json
     from wsss.stages.boxsup import run_boxes_guide
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
 
     ds = open_dataset(demo_root, "train")
     summary, rounds = run_boxes_guide(_tiny_boxsup(val_split="val", predict_scales=(0.5,)), ds, tmp_path, workers=1)
@@ -423,7 +423,7 @@ def test_boxsup_rounds_write_evaluable_folders_and_resume(demo_root, tmp_path):
 def test_adding_a_round_or_changing_the_update_reuses_round_one_and_warm_starts(demo_root, tmp_path):
     from wsss.datasets import open_dataset
     from wsss.stages.boxsup import run_boxsup_rounds
-    from wsss.train import load_checkpoint
+    from wsss.runtime import load_checkpoint
 
     ds = open_dataset(demo_root, "train")
     run_boxsup_rounds(_tiny_boxsup(), ds, tmp_path)
@@ -436,9 +436,16 @@ def test_adding_a_round_or_changing_the_update_reuses_round_one_and_warm_starts(
     assert meta["warm_start_from"] == str(ckpt1)
     assert all(-1 <= r["network_kappa"] <= 1 for r in records[1:])
     assert records[1]["lambda_used"] == pytest.approx(0.5 * max(0.0, records[1]["network_kappa"]), abs=1e-5)
+    # --overwrite with only the update rule changed: round 1's training is kept (its hash is unchanged), round 2's
+    # labels and network are redone
+    ckpt2 = tmp_path / "train" / "boxsup_r2" / "checkpoint.pt"
+    mtime2 = ckpt2.stat().st_mtime_ns
+    run_boxsup_rounds(_tiny_boxsup(boxsup_rounds=2, boxsup_lambda=0.25, keep_margin=0.1), ds, tmp_path,
+                      overwrite=True)
+    assert ckpt1.stat().st_mtime == mtime and ckpt2.stat().st_mtime_ns != mtime2
     # the gate at 0 (a network no better than chance) with a keep margin above the tie tolerance: round 0's labels
     from wsss.stages.boxsup import BoxSupRoundJob
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
 
     r0 = StageFolder.open(tmp_path / "labels" / "boxes_r0")
     cfg = _tiny_boxsup(keep_margin=0.3, boxsup_lambda=5.0)
@@ -488,7 +495,7 @@ def test_cli_label_guide_boxes_initial_round(demo_root, tmp_path):
 
     from wsss.cli import main
     from wsss.io import read_json
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
 
     run = tmp_path / "run"
     args = ["label", "--guide", "boxes", "--boxsup-rounds", "0", "--dataset", str(demo_root), "--split", "val",

@@ -321,19 +321,19 @@ def test_demo_cam_seeds_beat_threshold_seeds(tmp_path):
 
     from wsss.config import ThresholdConfig
     from wsss.datasets import make_demo_data, open_dataset
-    from wsss.stages.demo import demo_cam_config
+    from wsss.stages.pipeline import demo_step_config
     from wsss.stages.runner import run_method_stage
     from wsss.stages.seeds import SEED_METHODS
 
     dataset = open_dataset(make_demo_data(tmp_path / "data", 60), "trainval")
-    config = dataclasses.replace(demo_cam_config(), max_minutes=None)
+    config = dataclasses.replace(demo_step_config("cam"), max_minutes=None)
     cam = run_method_stage("seeds", "cam", SEED_METHODS["cam"], config, dataset, tmp_path)
     threshold = run_method_stage("seeds", "threshold", SEED_METHODS["threshold"], ThresholdConfig(), dataset, tmp_path)
     assert not cam.failed and not threshold.failed
     assert cam.quality["miou"] >= 58.0
     assert cam.quality["miou"] >= threshold.quality["miou"] + 12.0
     # absent classes never appear in any CAM seed mask
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
 
     folder = StageFolder.open(cam.stage_dir)
     for image_id in dataset.ids:

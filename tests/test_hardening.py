@@ -346,7 +346,7 @@ def test_eval_names_unreadable_predictions_and_exits_1(demo_root, tmp_path):
 
 
 def test_tampered_manifest_path_outside_the_stage_is_refused(demo_root, tmp_path):
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
 
     stage = tmp_path / "run" / "seeds" / "threshold"
     assert _seeds(demo_root, tmp_path / "run").exit_code == 0

@@ -134,7 +134,7 @@ def test_cam_seeds_killed_in_training_and_inference_resume_identically(model_kil
     ref_state, state = load_checkpoint(reference / "classifier.pt"), load_checkpoint(ckpt)
     assert state["complete"] and state["epoch"] == ref_state["epoch"] == 6
     _same_weights(state["model"], ref_state["model"])
-    _same_weights(state["optimizer"]["state"], ref_state["optimizer"]["state"])
+    assert "optimizer" not in state and "optimizer" not in ref_state  # a finished classifier keeps what inference needs
 
 
 # -------------------------------------------------------------------------------------------- saliency

@@ -28,7 +28,7 @@ from wsss.datasets import make_demo_data, open_dataset
 from wsss.errors import DatasetError, DiskFullError, StageError, UnsafeFileError
 from wsss.io import load_checkpoint, read_csv, read_scores, write_scores
 from wsss.seeds.threshold import threshold_seeds
-from wsss.stages.folder import StageFolder
+from wsss.folders import StageFolder
 
 N_IMAGES = 20
 SIZE = (64, 80)  # H, W

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from wsss.cli import main
 from wsss.errors import ConfigError
 from wsss.io import read_mask, read_scores
-from wsss.seeds.saliency import (SALIENCY_CLASS_ID, SaliencyQuality, box_targets, grabcut_box, make_optimizer,
+from wsss.seeds.saliency import (SALIENCY_CLASS_ID, SaliencyQuality, make_optimizer,
                                  mask_targets, predict_saliency, resize_pair, saliency_seed_mask, scale_boxes,
                                  targets_from_boxes, train_saliency)
 
@@ -56,29 +56,14 @@ def test_saliency_net_forward_backward():
 
 def test_grabcut_targets_follow_the_object():
     img, disc, box = disc_scene()
-    fg = grabcut_box(img, box[0, 1:])
-    assert iou(fg, disc) > 0.85
     x0, y0, x1, y1 = box[0, 1:]
     outside = np.ones_like(disc)
     outside[y0:y1, x0:x1] = False
-    assert not fg[outside].any()
-    for target in (box_targets(img, box), targets_from_boxes(img, box)):
-        assert set(np.unique(target)) <= {0, 1, 255}
-        assert (target[outside] == 0).all()
-        assert iou(target == 1, disc) > 0.7
-    assert (box_targets(img, np.zeros((0, 5))) == 0).all()
+    target = targets_from_boxes(img, box)
+    assert set(np.unique(target)) <= {0, 1, 255}
+    assert (target[outside] == 0).all()
+    assert iou(target == 1, disc) > 0.7
     assert (targets_from_boxes(img, np.zeros((0, 5))) == 0).all()
-
-
-def test_box_targets_mark_collapsed_grabcut_as_ignore():
-    img, disc, box = disc_scene()
-
-    def collapsed(image, rect, iterations):  # a GrabCut that "loses" the object
-        return np.zeros(image.shape[:2], bool)
-
-    target = box_targets(img, box, grabcut=collapsed)
-    x0, y0, x1, y1 = box[0, 1:]
-    assert (target[y0:y1, x0:x1] == 255).all() and (target == 255).sum() == (x1 - x0) * (y1 - y0)
 
 
 def test_mask_targets_and_seed_mask_rules():

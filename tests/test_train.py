@@ -20,7 +20,8 @@ from wsss.errors import StageError, UnsafeFileError
 from wsss.io import read_csv, read_json, read_mask
 from wsss.pairs import MaskPairs, ResumableSampler
 from wsss.stages.train import run_train
-from wsss.train import augment_pair, load_checkpoint, poly_lr
+from wsss.pairs import augment_pair
+from wsss.runtime import load_checkpoint, poly_lr
 
 TINY = dict(backbone="resnet18", batch_size=2, crop_size=32, checkpoint_every=2, loader_workers=0)
 
@@ -215,7 +216,7 @@ def test_cli_errors(demo_root, tmp_path):
 def test_mask_pairs_refuse_wrong_labels(demo_root, tmp_path):
     from wsss.errors import DatasetError
     from wsss.io import write_mask
-    from wsss.stages.folder import StageFolder
+    from wsss.folders import StageFolder
 
     (tmp_path / "masks").mkdir()
     write_mask(tmp_path / "masks" / "other.png", np.zeros((4, 4), np.uint8))
@@ -277,6 +278,8 @@ def test_a_diverging_loss_stops_training_with_the_fix(demo_root, tmp_path):
     with pytest.raises(StageError, match=r"loss became (nan|inf) at iteration \d+; lower --lr \(now 1e\+12\)"):
         run_train("deeplabv2", TrainConfig(iterations=6, lr=1e12, **TINY), ds, tmp_path, progress=False)
     assert not (tmp_path / "train/deeplabv2/checkpoint.pt").exists()
+    info = read_json(tmp_path / "train/deeplabv2/stage.json")
+    assert info["status"] == "failed" and "lower --lr" in info["error"]
 
 
 def test_adamw_keeps_the_head_at_its_multiple():
@@ -295,7 +298,7 @@ def test_adamw_keeps_the_head_at_its_multiple():
 
 
 def test_bf16_auto_is_off_for_lite_backbones_on_cpu(monkeypatch):
-    import wsss.train as train
+    import wsss.runtime as train
 
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
     cpu = torch.device("cpu")
@@ -326,7 +329,7 @@ def test_a_time_budget_ends_the_run_complete_and_is_not_retrained(demo_root, tmp
 
 
 def test_budget_poly_decays_to_zero_by_the_budget():
-    from wsss.train import budget_poly_lr
+    from wsss.runtime import budget_poly_lr
 
     assert budget_poly_lr(1.0, 10, 100, elapsed=50.0, budget=100.0) == pytest.approx(0.5 ** 0.9)
     assert budget_poly_lr(1.0, 60, 100, elapsed=10.0, budget=100.0) == pytest.approx(0.4 ** 0.9)

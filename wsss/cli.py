@@ -268,16 +268,23 @@ from .stages.label import LABEL_GUIDES  # noqa: E402  (registry is light: no tor
               help="seed stage folder giving class identity (e.g. RUN/seeds/cam; its scores/ when kept)")
 @click.option("--saliency", "saliency_stage", default=None, type=click.Path(file_okay=False),
               help="saliency stage folder giving object extent (RUN/seeds/saliency)")
+@click.option("--checkpoint", "checkpoint_stage", default=None, type=click.Path(),
+              help="selftrain: the network trained on the box labels (RUN/train/deeplabv2 or its checkpoint.pt)")
+@click.option("--reference", "reference_stage", default=None, type=click.Path(file_okay=False),
+              help="selftrain: labels whose labelled (non-255) pixels the network must agree with "
+                   "(e.g. RUN/seeds/grabcut)")
 @common_stage_options
 @method_options(LABEL_GUIDES)
-def label(guide, seeds_stage, saliency_stage, dataset_path, split, run_dir, workers, overwrite, overlays, **options):
+def label(guide, seeds_stage, saliency_stage, checkpoint_stage, reference_stage, dataset_path, split, run_dir,
+          workers, overwrite, overlays, **options):
     """Fuse seed stages into pseudo masks with a label guide into RUN/labels/GUIDE/."""
     from .stages.label import run_label_stage
 
     config = pick_config(LABEL_GUIDES, guide, options)
     dataset = _open(dataset_path, split)
     summary = run_label_stage(guide, config, dataset, Path(run_dir),
-                              upstream_paths={"seeds": seeds_stage, "saliency": saliency_stage},
+                              upstream_paths={"seeds": seeds_stage, "saliency": saliency_stage,
+                                              "checkpoint": checkpoint_stage, "reference": reference_stage},
                               workers=workers, overwrite=overwrite, overlays=overlays)
     finish_stage(summary)
 
@@ -516,7 +523,7 @@ def train(model_name, labels, dataset_path, split, val_split, run_dir, device, s
     val = _open(dataset_path, val_split) if val_split else None
     s = run_train(model_name, config, dataset, Path(run_dir), labels=labels, val_dataset=val, device=device,
                   stop_at=stop_at, overwrite=overwrite)
-    from .train import dist_env
+    from .runtime import dist_env
 
     if dist_env()[0] != 0:
         return

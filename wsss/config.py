@@ -112,6 +112,20 @@ class BoxSupConfig:
 
 
 @dataclass(frozen=True)
+class SelfTrainConfig:
+    """Box-constrained self-training (:mod:`wsss.label.selftrain`): the network trained on the box labels
+    (``checkpoint``: a train stage) predicts the images; its classes are held to the boxes, 255 where it disagrees
+    with the reference's labelled pixels (``reference``: e.g. seeds/grabcut), then a CRF labels the 255 pixels."""
+
+    predict_scales: tuple[float, ...] = option((1.0,), "image scales at which the network predicts (averaged)")
+    predict_flip: bool = option(True, "also average the network's prediction of the mirrored image")
+    crf: bool = option(True, "dense CRF over the pixels left 255 (relabel ignore, box prior), as the box chain's "
+                             "refine step")
+    crf_preset: str = option("box", "CRF pairwise parameters (see wsss refine)", ("deeplab", "psa", "box"))
+    device: str = option("auto", "torch device for training and prediction (auto: cuda when available)")
+
+
+@dataclass(frozen=True)
 class SaliencyConfig:
     """Saliency seeds (:mod:`wsss.seeds.saliency`): a class-agnostic encoder-decoder trained on GrabCut-from-box
     targets (Oh et al., CVPR 2017), then one saliency map per image. ``masks/``: salient pixels take the image's tag

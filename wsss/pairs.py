@@ -1,6 +1,6 @@
 """Training pairs: a torch Dataset of (image, mask) from a dataset and a mask source (any stage folder or GT).
 
-The augmentation (random scale, pad, random crop, flip) is :func:`wsss.train.augment_pair`, a pure function of the
+The augmentation (random scale, pad, random crop, flip) is :func:`augment_pair`, a pure function of the
 arrays and a seed. The sampler hands each sample its own seed (``(seed, rank, position)``), so which crop an image
 gets does not depend on worker processes or on where a run was resumed.
 
@@ -32,13 +32,47 @@ from torch.utils.data import DistributedSampler, Sampler
 from .datasets import Dataset
 from .errors import DatasetError, ImageError, WsssError
 from .io import read_image, read_json, write_json
+from .labels import IGNORE
 from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from .models.inference import normalize_image
 from .progress import progress as progress_bar
-from .stages.folder import StageFolder
+from .folders import StageFolder
 
 log = logging.getLogger(__name__)
 
 CHECK_CACHE = "pairs_checked.json"  # per-pair outcome of the up-front check, keyed by the files' size and mtime
+
+
+
+def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, crop_size: int,
+                 scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True,
+                 normalisation=(IMAGENET_MEAN, IMAGENET_STD)) -> tuple[np.ndarray, np.ndarray]:
+    """DeepLab's training augmentation on one pair.
+
+    ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8 -> ``(image (3, c, c) float32 normalised, mask (c, c) int64)``
+    with ``c = crop_size``: random scale in ``scale_range`` (bilinear image, nearest mask), padding to the crop size
+    (image with the mean, i.e. 0 after normalisation; mask with 255), a random crop and a random horizontal flip.
+    ``normalisation``: (mean, std) on the 0..1 scale, the model's (:func:`wsss.models.inference.input_normalisation`).
+    """
+    import cv2
+
+    h, w = mask.shape
+    scale = float(rng.uniform(*scale_range))
+    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    img = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
+    msk = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST) if (nh, nw) != (h, w) else mask
+    img = normalize_image(img, normalisation)
+    ph, pw = max(crop_size - nh, 0), max(crop_size - nw, 0)
+    if ph or pw:
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)))
+        msk = np.pad(msk, ((0, ph), (0, pw)), constant_values=IGNORE)
+    y0 = int(rng.integers(0, img.shape[0] - crop_size + 1))
+    x0 = int(rng.integers(0, img.shape[1] - crop_size + 1))
+    img = img[y0:y0 + crop_size, x0:x0 + crop_size]
+    msk = msk[y0:y0 + crop_size, x0:x0 + crop_size]
+    if flip and rng.random() < 0.5:
+        img, msk = img[:, ::-1], msk[:, ::-1]
+    return np.ascontiguousarray(img.transpose(2, 0, 1)), msk.astype(np.int64)
 
 
 class MaskPairs(TorchDataset):
@@ -183,8 +217,6 @@ class MaskPairs(TorchDataset):
         return image, mask
 
     def __getitem__(self, item):
-        from .train import augment_pair
-
         index, key = item
         image, mask = self.load(index)
         rng = np.random.default_rng([int(k) for k in key])

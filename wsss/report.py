@@ -121,7 +121,7 @@ def _open_run_dataset(run_dir: Path, stages: list[ReportStage]):
 
 def _pick_samples(stages: list[ReportStage], dataset, count: int) -> list[str]:
     """Up to ``count`` image ids spread evenly over the ids that most mask stages have, in dataset order."""
-    from .stages.folder import StageFolder
+    from .folders import StageFolder
 
     mask_stages = [s for s in stages if s.has_masks]
     if not mask_stages:
@@ -376,7 +376,7 @@ def _sample_grid(run_dir: Path, out_dir: Path, stages: list[ReportStage], datase
                  palette) -> tuple[str, set[int]]:
     """Write the sample tiles and return the grid's HTML and the labels seen (for the legend)."""
     from .errors import WsssError
-    from .stages.folder import StageFolder
+    from .folders import StageFolder
 
     mask_stages = [s for s in stages if s.has_masks]
     folders = {s.folder: StageFolder.open(s.path) for s in mask_stages}

@@ -13,12 +13,9 @@ kernels are deterministic).
 from __future__ import annotations
 
 import logging
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,67 +23,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import StageError, UnsafeFileError
-from .io import load_checkpoint as _load_torch, read_csv, save_checkpoint, write_csv
+from .errors import StageError
+from .io import read_csv, save_checkpoint, write_csv
 from .labels import IGNORE
 from .metrics import confusion_matrix, scores_from_confusion
-from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
-from .models.inference import normalize_image, segment
+from .models.inference import segment
+from .pairs import ResumableSampler
+from .progress import progress as progress_bar
+from .runtime import CHECKPOINT, budget_poly_lr, init_distributed, load_checkpoint, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 LOG_HEADER = ["iteration", "epoch", "lr", "loss", "seconds", "images_per_second", "val_miou"]
 
 
 # ------------------------------------------------------------------------------------------ pure pieces
-def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
-    """The poly schedule ``base_lr * (1 - iteration / max_iterations) ** power``."""
-    return base_lr * (1.0 - iteration / max_iterations) ** power
-
-
-def budget_poly_lr(base_lr: float, step: int, total_steps: int, *, elapsed: float = 0.0,
-                   budget: float | None = None, power: float = 0.9) -> float:
-    """The poly schedule over whichever runs out first, the steps or a time budget: progress is
-    ``step / total_steps``, or ``elapsed / budget`` seconds where that is larger (clipped to 1, so the rate ends at
-    0). ``budget`` None or 0: steps only. The CAM classifier and the saliency net train with this."""
-    progress = step / max(1, total_steps)
-    if budget:
-        progress = max(progress, elapsed / budget)
-    return base_lr * max(0.0, 1.0 - min(1.0, progress)) ** power
-
-
-def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, crop_size: int,
-                 scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True,
-                 normalisation=(IMAGENET_MEAN, IMAGENET_STD)) -> tuple[np.ndarray, np.ndarray]:
-    """DeepLab's training augmentation on one pair.
-
-    ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8 -> ``(image (3, c, c) float32 normalised, mask (c, c) int64)``
-    with ``c = crop_size``: random scale in ``scale_range`` (bilinear image, nearest mask), padding to the crop size
-    (image with the mean, i.e. 0 after normalisation; mask with 255), a random crop and a random horizontal flip.
-    ``normalisation``: (mean, std) on the 0..1 scale, the model's (:func:`wsss.models.inference.input_normalisation`).
-    """
-    import cv2
-
-    h, w = mask.shape
-    scale = float(rng.uniform(*scale_range))
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    img = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-    msk = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST) if (nh, nw) != (h, w) else mask
-    img = normalize_image(img, normalisation)
-    ph, pw = max(crop_size - nh, 0), max(crop_size - nw, 0)
-    if ph or pw:
-        img = np.pad(img, ((0, ph), (0, pw), (0, 0)))
-        msk = np.pad(msk, ((0, ph), (0, pw)), constant_values=IGNORE)
-    y0 = int(rng.integers(0, img.shape[0] - crop_size + 1))
-    x0 = int(rng.integers(0, img.shape[1] - crop_size + 1))
-    img = img[y0:y0 + crop_size, x0:x0 + crop_size]
-    msk = msk[y0:y0 + crop_size, x0:x0 + crop_size]
-    if flip and rng.random() < 0.5:
-        img, msk = img[:, ::-1], msk[:, ::-1]
-    return np.ascontiguousarray(img.transpose(2, 0, 1)), msk.astype(np.int64)
-
-
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -124,97 +75,11 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.T
     return loss
 
 
-# ---------------------------------------------------------------------------------------- distributed
-def dist_env() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` outside torchrun)."""
-    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-            int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join torchrun's process group (nccl on GPU, gloo on CPU) when ``WORLD_SIZE`` > 1; returns (rank, world)."""
-    rank, world, _ = dist_env()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist_env()[2] % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
-def resolve_speed(setting: str, device: torch.device, what: str, backbone: str | None = None) -> bool:
-    """Whether to use ``channels_last`` / ``bf16`` autocast: ``on``/``off`` as given; ``auto`` picks what
-    bench/bench_train.py measured faster: both on CUDA; on CPU channels_last yes, bf16 only where the CPU has
-    native bf16 (AVX512-BF16 or AMX) and the backbone gains from it: not EfficientNet-Lite, whose depthwise
-    convolutions trained no faster in bf16 on such a CPU (bench/RESULTS.md, issue 19) and went to nan in it."""
-    if setting in ("on", "off"):
-        return setting == "on"
-    if device.type == "cuda":
-        return True
-    if what == "channels_last":
-        return True
-    if backbone and backbone.startswith("efficientnet_lite"):
-        return False
-    return cpu_has_bf16()
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def _sync_buffers(model: nn.Module, world: int) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
     if world > 1:
         for buf in model.buffers():
             dist.broadcast(buf.data, 0)
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a wsss training checkpoint through :func:`wsss.io.load_checkpoint` (``weights_only=True``: tensors and
-    plain containers only)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.exists():
-        raise StageError(f"{path}: checkpoint not found; point --checkpoint at a train stage folder or its "
-                         f"{CHECKPOINT}")
-    state = _load_torch(path, map_location=map_location)
-    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
-        raise UnsafeFileError(f"{path}: not a wsss checkpoint (no model/meta); use one written by 'wsss train'")
-    return state
-
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
-             "numpy_pos": int(pos), "numpy_has_gauss": int(has_gauss), "numpy_cached": float(cached),
-             "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-             "python_gauss": random.getstate()[2]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-                         state["numpy_has_gauss"], state["numpy_cached"]))
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -278,9 +143,6 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
     """
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from .pairs import ResumableSampler
 
     out_dir = Path(out_dir)
     device = device or torch.device("cpu")
@@ -301,7 +163,7 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
         start = int(state["iteration"])
         elapsed0 = float(state.get("elapsed", 0.0))
         budget_spent = bool(state.get("budget_spent", False))
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         log.info("resuming %s at iteration %d of %d", ckpt_path, start, iterations)
     else:
         torch.manual_seed(seed)
@@ -322,7 +184,7 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
         if rank == 0:
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-                "rng": _rng_state(), "meta": dict(meta or {}), "elapsed": round(elapsed_now(), 3),
+                "rng": rng_state(), "meta": dict(meta or {}), "elapsed": round(elapsed_now(), 3),
                 "budget_spent": budget_spent,
             })
             write_csv(log_path, LOG_HEADER, rows)
@@ -351,8 +213,7 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
     end = iterations if stop_at is None else min(iterations, stop_at)
     if budget_spent:  # a finished budgeted run is not trained further
         end = start
-    bar = tqdm(total=iterations, initial=start, desc="train", unit="it", disable=(not progress) or rank != 0,
-               dynamic_ncols=True)
+    bar = progress_bar(total=iterations, initial=start, desc="train", unit="it", enabled=progress and rank == 0)
     validation = None
     losses: list[float] = []
     t_log = time.perf_counter()

@@ -27,6 +27,7 @@ from .datasets import Dataset
 from .errors import ConfigError, DatasetError, ImageError, UnsafeFileError, WsssError
 from .io import load_checkpoint, save_checkpoint, write_bytes, write_csv
 from .progress import progress
+from .runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,6 @@ CHECKPOINT = "classifier.pt"
 TRAIN_LOG = "train_log.csv"
 SKIPPED = "train_skipped.csv"  # training images left out (image_id, reason)
 LOG_HEADER = "epoch,iterations,images,mean_loss,lr,images_per_second,epoch_seconds,train_seconds\n"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 class TagDataset(torch.utils.data.Dataset):
@@ -158,8 +151,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     and augments in that many processes.
     """
     from .models.classifier import build_classifier
-    from .seeds.cam import bf16_autocast, cam_uses_bf16
-    from .train import budget_poly_lr
+    from .runtime import bf16_autocast, budget_poly_lr, uses_bf16
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +163,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     if config.epochs < 1 or config.batch_size < 1 or config.crop_size < 8:
         raise ConfigError(f"epochs {config.epochs}, batch_size {config.batch_size}, crop_size {config.crop_size}: "
                           "need epochs >= 1, batch_size >= 1, crop_size >= 8")
-    device = resolve_device(config.device)
+    device = pick_device(config.device)
     torch.manual_seed(config.seed)
     model = build_classifier(num_classes=num_classes, backbone=config.backbone, weights=config.weights,
                              output_stride=config.output_stride)
@@ -197,7 +189,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    bf16 = cam_uses_bf16(config.precision, device)  # --precision applies to training and inference alike
+    bf16 = uses_bf16(config.precision, device)  # --precision applies to training and inference alike
     ids, skipped = usable_training_ids(dataset, ids)
     write_csv(out_dir / SKIPPED, ["image_id", "reason"], [list(s) for s in skipped])
     data = TagDataset(dataset, ids, config, (model.backbone.mean, model.backbone.std))

@@ -13,23 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import LITE_VARIANTS, build_backbone
+from .backbones import LITE_VARIANTS, build_backbone, classifier_backbone_state, classifier_state  # noqa: F401
 
 BACKBONES = ("resnet18", "resnet50", "resnet101") + LITE_VARIANTS
-_OLD_TOP = ("stem.", "layer1.", "layer2.", "layer3.", "layer4.")  # checkpoints before the backbone contract
-
-
-def classifier_state(state: dict) -> dict:
-    """A classifier state dict under today's names: checkpoints written before the backbone contract kept the
-    ResNet's modules at the top (``stem.*``, ``layerN.*``); they now live under ``backbone.``."""
-    return {("backbone." + k if k.startswith(_OLD_TOP) else k): v for k, v in state.items()}
-
-
-def classifier_backbone_state(state: dict) -> dict:
-    """The backbone part of a classifier state dict (old or new names), without the ``backbone.`` prefix."""
-    return {k[len("backbone."):]: v for k, v in classifier_state(state).items() if k.startswith("backbone.")}
-
-
 class CAMClassifier(nn.Module):
     """Backbone (OS16) -> features (N, C, h, w) -> GAP -> bias-free 1x1 conv -> (N, K) multi-label logits.
 

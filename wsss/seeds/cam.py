@@ -17,7 +17,6 @@ Seed masks (:func:`cam_seed_mask`), with ``m`` the largest normalised CAM at a p
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import numpy as np
@@ -26,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..labels import BACKGROUND, IGNORE
+from ..runtime import bf16_autocast
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 
@@ -63,23 +63,6 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = False, fold
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def cam_uses_bf16(precision: str, device: torch.device) -> bool:
-    """``--precision``: ``bf16``/``fp32`` as given; ``auto`` is bf16 autocast on CUDA and on a CPU with native
-    bf16 (AVX512-BF16 or AMX), where bench/bench_cam.py measured it 1.6-2.4x faster with seed masks that agree on
-    all but a few pixels near the thresholds; fp32 on other CPUs (emulated bf16 is slower)."""
-    if precision in ("bf16", "fp32"):
-        return precision == "bf16"
-    from ..train import cpu_has_bf16
-    return device.type == "cuda" or cpu_has_bf16()
-
-
-def bf16_autocast(device: torch.device, bf16: bool):
-    """bfloat16 autocast on ``device`` when ``bf16``, else a no-op context."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def multiscale_cam(model: nn.Module, image: np.ndarray, image_labels, *, scales=DEFAULT_SCALES, flip: bool = True,

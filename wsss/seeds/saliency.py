@@ -8,9 +8,7 @@ Rules
 -----
 * **Training targets from boxes** (:func:`targets_from_boxes`): the GrabCut box seeds of
   :mod:`wsss.seeds.grabcut` (pixels outside every box background, GrabCut inside each box, its doubtful band 255)
-  with every class made "salient". :func:`box_targets` is the plain variant (GrabCut with rectangle init per box;
-  a box GrabCut collapsed on, keeping less than ``min_fill`` of it, becomes 255). Target values: 0 background,
-  1 salient, 255 ignored by the loss.
+  with every class made "salient". Target values: 0 background, 1 salient, 255 ignored by the loss.
 * **Training targets from masks** (:func:`mask_targets`): any non-zero label is salient, 0 is background, 255 stays
   ignored (for a separate saliency dataset with binary or class masks).
 * **Seed mask** (:func:`saliency_seed_mask`, what ``seeds/saliency/masks`` hold): pixels with saliency
@@ -35,78 +33,12 @@ SALIENCY_CLASS_ID = IGNORE
 
 
 # ------------------------------------------------------------------------------------------------ targets
-def grabcut_box(image: np.ndarray, box: Sequence[int], *, iterations: int = 5, margin: float = 0.2) -> np.ndarray:
-    """Foreground of one box by GrabCut with rectangle init: (H, W) bool, False outside the box.
-
-    GrabCut runs on a crop of the image around the box (``margin`` times the box size on each side) so that its
-    background model sees the box's surroundings; a box that fills the whole crop is shrunk by one pixel so that
-    GrabCut keeps some background samples.
-    """
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = (int(v) for v in box)
-    bw, bh = x1 - x0, y1 - y0
-    out = np.zeros((h, w), bool)
-    if bw < 2 or bh < 2:
-        return out
-    cx0, cy0 = max(0, x0 - int(margin * bw)), max(0, y0 - int(margin * bh))
-    cx1, cy1 = min(w, x1 + int(margin * bw)), min(h, y1 + int(margin * bh))
-    crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1, ::-1])  # OpenCV wants BGR
-    rx0, ry0, rx1, ry1 = x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0
-    ch, cw = crop.shape[:2]
-    if rx0 == 0 and ry0 == 0 and rx1 == cw and ry1 == ch:
-        rx0, ry0, rx1, ry1 = 1, 1, cw - 1, ch - 1
-        if rx1 - rx0 < 2 or ry1 - ry0 < 2:
-            out[y0:y1, x0:x1] = True
-            return out
-    gc = np.zeros((ch, cw), np.uint8)
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    try:
-        cv2.grabCut(crop, gc, (rx0, ry0, rx1 - rx0, ry1 - ry0), bgd, fgd, max(1, iterations), cv2.GC_INIT_WITH_RECT)
-    except cv2.error:  # degenerate colour models (e.g. a flat crop): no decision
-        return out
-    fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
-    out[cy0:cy1, cx0:cx1] = fg
-    out[:y0, :] = False
-    out[y1:, :] = False
-    out[:, :x0] = False
-    out[:, x1:] = False
-    return out
-
-
-def box_targets(image: np.ndarray, boxes: np.ndarray, *, iterations: int = 5, min_fill: float = 0.1,
-                grabcut: Callable[..., np.ndarray] | None = None) -> np.ndarray:
-    """Saliency training target (H, W) uint8 in {0, 1, 255} from an image and its boxes (rules: module docstring).
-
-    ``grabcut(image, box, iterations=...)`` may replace :func:`grabcut_box` (e.g. the GrabCut seed method's own).
-    """
-    h, w = image.shape[:2]
-    target = np.zeros((h, w), np.uint8)
-    boxes = np.asarray(boxes).reshape(-1, 5)
-    if len(boxes) == 0:
-        return target
-    cut = grabcut or grabcut_box
-    fg = np.zeros((h, w), bool)
-    unsure = np.zeros((h, w), bool)
-    for _, x0, y0, x1, y1 in boxes.tolist():
-        area = max(1, (x1 - x0) * (y1 - y0))
-        obj = cut(image, (x0, y0, x1, y1), iterations=iterations)
-        if obj.sum() < min_fill * area:
-            unsure[y0:y1, x0:x1] = True
-        else:
-            fg |= obj
-    target[unsure] = IGNORE
-    target[fg] = 1
-    return target
-
-
 def targets_from_boxes(image: np.ndarray, boxes: np.ndarray, *, iterations: int = 5) -> np.ndarray:
     """Training target (H, W) uint8 in {0, 1, 255} from boxes: the GrabCut box seeds of
     :func:`wsss.seeds.grabcut.grabcut_seeds` (default options: doubtful band 255) made class-agnostic by
-    :func:`mask_targets`; :func:`box_targets` where that module is not available."""
-    try:
-        from .grabcut import grabcut_seeds
-    except ImportError:  # pragma: no cover - the GrabCut seed module ships with the package
-        return box_targets(image, boxes, iterations=iterations)
+    :func:`mask_targets`."""
+    from .grabcut import grabcut_seeds
+
     boxes = np.asarray(boxes).reshape(-1, 5)
     if len(boxes) == 0:
         return np.zeros(image.shape[:2], np.uint8)
@@ -192,8 +124,8 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
     """
     import time
 
-    from ..train import budget_poly_lr
     from ..progress import progress as progress_bar
+    from ..runtime import budget_poly_lr
 
     t0 = time.perf_counter()
 

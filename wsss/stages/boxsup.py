@@ -30,7 +30,7 @@ from ..datasets import Dataset, Sample, open_dataset
 from ..errors import ConfigError, ImageError, StageError
 from ..io import read_json, write_json
 from .candidates import CANDIDATE_METHODS, read_candidates, unlabelled_mask
-from .folder import StageFolder
+from ..folders import StageFolder
 from .runner import ImageResult, StageSummary, prepare_stage_dir, run_images, run_method_stage
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,8 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
     from ..models import build_model, resolve_backbone
     from ..models.inference import input_normalisation
     from ..pairs import CHECK_CACHE, MaskPairs
-    from ..train import CHECKPOINT, load_checkpoint, pick_device, resolve_speed, train_model
+    from ..runtime import CHECKPOINT, load_checkpoint, pick_device, resolve_speed
+    from ..train import train_model
     from .train import record_pair_failures
 
     train_config = TrainConfig(backbone=config.backbone, weights=config.weights, iterations=config.iterations,
@@ -265,9 +266,12 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
                                checkpoint_every=max(1, min(500, config.iterations)))
     method = f"boxsup_r{round_index}"
     stage_dir = run_dir / "train" / method
+    # --overwrite keeps a round's training whose hash is unchanged (round 1 does not hash the update rule): the same
+    # hash retrains to the same weights; a changed one is redone by _prepare_owned
+    del overwrite
     digest = _prepare_owned(stage_dir, stage="train", method=method,
                             config=(round_settings(config, round_index, labels=False), train_config),
-                            dataset=dataset, upstream={"labels": labels}, overwrite=overwrite)
+                            dataset=dataset, upstream={"labels": labels}, overwrite=False)
     ckpt = stage_dir / CHECKPOINT
     info = read_json(stage_dir / "stage.json")
     if info.get("status") == "complete" and ckpt.exists():
@@ -314,7 +318,7 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
 def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, workers: int = 1,
                       overwrite: bool = False, overlays: int = 0) -> list[dict]:
     """Run (or resume) every round; returns one record per round (folders, label quality, network quality)."""
-    from ..train import pick_device
+    from ..runtime import pick_device
 
     _check(config)
     run_dir = Path(run_dir)

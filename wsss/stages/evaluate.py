@@ -10,7 +10,7 @@ import numpy as np
 from ..datasets import Dataset
 from ..errors import StageError, WsssError
 from ..metrics import confusion_matrix, scores_from_confusion
-from .folder import StageFolder
+from ..folders import StageFolder
 
 
 NO_GT = "no GT mask"  # not a failure: the image is left out and counted under "no_gt"

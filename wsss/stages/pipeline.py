@@ -22,7 +22,7 @@ from ..datasets import Dataset, open_dataset
 from ..errors import ConfigError, StageError
 from ..io import read_json, write_json
 from ..recipes import Recipe, ResolvedStep, resolve_recipe
-from .folder import StageFolder
+from ..folders import StageFolder
 
 log = logging.getLogger(__name__)
 
@@ -219,3 +219,14 @@ def run_demo_recipe(run_dir: Path, *, images: int = 60, workers: int = 2, overwr
         make_demo_data(data, images)
     results = run_recipe(load_recipe("demo"), data, run_dir, workers=workers, overwrite=overwrite, echo=echo)
     return results, write_report(run_dir)
+
+
+def demo_step_config(step_name: str):
+    """The resolved config of step ``step_name`` of the shipped demo recipe (pipelines/demo.yaml), which
+    ``wsss demo`` runs; the tests of the demo's quality bars read their settings from here."""
+    from ..recipes import load_recipe
+
+    for step in resolve_recipe(load_recipe("demo")):
+        if step.name == step_name:
+            return step.config
+    raise ConfigError(f"the demo recipe has no step {step_name!r}")

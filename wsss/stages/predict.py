@@ -11,7 +11,7 @@ import numpy as np
 from ..config import PredictConfig
 from ..datasets import Dataset, Sample
 from ..errors import ConfigError
-from .folder import StageFolder
+from ..folders import StageFolder
 from .runner import ImageResult, StageSummary, prepare_stage_dir, run_images
 
 _MODEL_CACHE: dict[tuple[str, str], tuple] = {}
@@ -22,7 +22,7 @@ def load_trained_model(checkpoint: str | Path, device: str = "cpu"):
     import torch
 
     from ..models import build_model
-    from ..train import load_checkpoint
+    from ..runtime import load_checkpoint
 
     key = (str(Path(checkpoint).resolve()), str(device))
     if key not in _MODEL_CACHE:
@@ -67,7 +67,7 @@ class PredictJob:
 def run_predict(checkpoint: str | Path, config: PredictConfig, dataset: Dataset, run_dir: Path, *,
                 device: str = "auto", workers: int = 1, overwrite: bool = False, overlays: int = 0) -> StageSummary:
     """Predict every image of ``dataset`` with the model of ``checkpoint`` into ``run_dir/predictions/<model>/``."""
-    from ..train import CHECKPOINT, load_checkpoint, pick_device, resolve_speed
+    from ..runtime import CHECKPOINT, load_checkpoint, pick_device, resolve_speed
 
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():

@@ -1,6 +1,6 @@
 """``wsss refine --crf --input STAGE``: the refiner registry and the dense-CRF job.
 
-A refiner reads any upstream stage folder through its ``manifest.csv`` (:class:`~wsss.stages.folder.StageFolder`,
+A refiner reads any upstream stage folder through its ``manifest.csv`` (:class:`~wsss.folders.StageFolder`,
 role ``input``) and writes ``RUN/refined/<refiner>/`` with the same folder contract. The CRF's unary comes from the
 input's ``scores/`` when it keeps them (``unary='auto'``), else from its hard masks; the algorithm is
 :func:`wsss.crf.crf_refine`.
@@ -16,7 +16,7 @@ import numpy as np
 from ..config import CRFConfig
 from ..datasets import Dataset, Sample
 from ..errors import ConfigError, ImageError, StageError
-from .folder import StageFolder
+from ..folders import StageFolder
 from .runner import ImageResult, MethodSpec, StageSummary, run_method_stage
 
 

@@ -42,7 +42,7 @@ from ..io import (make_dirs, read_json, read_mask, remove_stale_temp_files, writ
 from ..labels import IGNORE, palette_for
 from ..metrics import confusion_matrix, scores_from_confusion
 from ..progress import progress
-from .folder import StageFolder
+from ..folders import StageFolder
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ class GrabCutJob:
 
         from ..errors import ImageError
         from ..seeds.grabcut import grabcut_seeds
-        from .folder import StageFolder
+        from ..folders import StageFolder
 
         options = dataclasses.asdict(self.config)
         del options["agree"]
@@ -77,7 +77,7 @@ def _grabcut_job(config, *, dataset, upstream=None, **_):
     """The GrabCut job; the second-opinion folder (``--agree`` or the upstream role ``agree``) must exist and hold
     masks for some image of the split."""
     from ..errors import ConfigError
-    from .folder import StageFolder
+    from ..folders import StageFolder
 
     if config.agree_weight < 0:
         raise ConfigError(f"--agree-weight {config.agree_weight}: give a weight >= 0")
@@ -132,9 +132,10 @@ class CamJob:
         import torch
 
         from ..seeds.cam import prepare_for_inference
-        from ..train_classifier import load_classifier, resolve_device
+        from ..runtime import pick_device
+        from ..train_classifier import load_classifier
 
-        device = resolve_device(self.config.device)
+        device = pick_device(self.config.device)
         mtime = os.path.getmtime(self.checkpoint) if os.path.exists(self.checkpoint) else None
         key = (self.checkpoint, mtime, str(device), self.config.channels_last)
         if key not in _CAM_MODELS:
@@ -148,10 +149,11 @@ class CamJob:
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         import numpy as np
 
-        from ..seeds.cam import cam_seed_mask, cam_uses_bf16, multiscale_cam
+        from ..runtime import uses_bf16
+        from ..seeds.cam import cam_seed_mask, multiscale_cam
 
         model, device = self.model()
-        bf16 = cam_uses_bf16(self.config.precision, device)
+        bf16 = uses_bf16(self.config.precision, device)
         cams, class_ids = multiscale_cam(model, sample.image, sample.image_labels, scales=self.config.scales,
                                          flip=self.config.flip, bf16=bf16, channels_last=self.config.channels_last)
         cams = cams.astype(np.float16).astype(np.float32)  # as stored: the kept scores reproduce the mask exactly

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from ..config import TrainConfig, config_to_dict
 from ..datasets import Dataset
-from ..errors import ConfigError, StageError
+from ..errors import ConfigError, StageError, WsssError
 from ..io import read_json, write_json
-from .folder import StageFolder
+from ..folders import StageFolder
 from .runner import prepare_stage_dir
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     from ..models import MODELS, build_model, resolve_backbone
     from ..models.inference import input_normalisation
     from ..pairs import CHECK_CACHE, MaskPairs
-    from ..train import CHECKPOINT, dist_env, load_checkpoint, pick_device, resolve_speed, train_model
+    from ..runtime import CHECKPOINT, dist_env, load_checkpoint, pick_device, resolve_speed
+    from ..train import train_model
 
     if model_name not in MODELS:
         raise ConfigError(f"--model {model_name!r}: choose one of {', '.join(sorted(MODELS))}")
@@ -122,15 +123,23 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
         raise StageError(f"{val_dataset.root}: split {val_dataset.split!r} has no GT masks to validate on; "
                          "choose another --val-split or leave it out")
     t0 = time.time()
-    result = train_model(
-        model, pairs, stage_dir, iterations=config.iterations, batch_size=config.batch_size, lr=config.lr,
-        head_lr_mult=config.head_lr_mult, momentum=config.momentum, weight_decay=config.weight_decay,
-        poly_power=config.poly_power, optimizer=config.optimizer,
-        max_seconds=config.max_minutes * 60 if config.max_minutes else None, seed=config.seed, device=dev, channels_last=speed["channels_last"],
-        bf16=speed["bf16"], loader_workers=config.loader_workers, checkpoint_every=config.checkpoint_every,
-        val_every=config.val_every, val_dataset=val_dataset if val_ids else None, val_ids=val_ids,
-        stop_at=stop_at, meta=meta, progress=progress,
-    )
+    try:
+        result = train_model(
+            model, pairs, stage_dir, iterations=config.iterations, batch_size=config.batch_size, lr=config.lr,
+            head_lr_mult=config.head_lr_mult, momentum=config.momentum, weight_decay=config.weight_decay,
+            poly_power=config.poly_power, optimizer=config.optimizer,
+            max_seconds=config.max_minutes * 60 if config.max_minutes else None, seed=config.seed, device=dev,
+            channels_last=speed["channels_last"], bf16=speed["bf16"], loader_workers=config.loader_workers,
+            checkpoint_every=config.checkpoint_every,
+            val_every=config.val_every, val_dataset=val_dataset if val_ids else None, val_ids=val_ids,
+            stop_at=stop_at, meta=meta, progress=progress,
+        )
+    except WsssError as exc:  # the folder says why it stopped instead of staying at 'running'
+        if rank == 0:
+            info = read_json(stage_dir / "stage.json")
+            info.update({"status": "failed", "error": str(exc)})
+            write_json(stage_dir / "stage.json", info)
+        raise
     if rank == 0:
         info = read_json(stage_dir / "stage.json")
         info.update({

@@ -82,6 +82,21 @@ def build_backbone(name: str, *, weights=None, output_stride: int = 32) -> nn.Mo
     return backbone
 
 
+# the CAM classifier's state dict (wsss.models.classifier.CAMClassifier), old and new key names
+_OLD_TOP = ("stem.", "layer1.", "layer2.", "layer3.", "layer4.")  # checkpoints before the backbone contract
+
+
+def classifier_state(state: dict) -> dict:
+    """A classifier state dict under today's names: checkpoints written before the backbone contract kept the
+    ResNet's modules at the top (``stem.*``, ``layerN.*``); they now live under ``backbone.``."""
+    return {("backbone." + k if k.startswith(_OLD_TOP) else k): v for k, v in state.items()}
+
+
+def classifier_backbone_state(state: dict) -> dict:
+    """The backbone part of a classifier state dict (old or new names), without the ``backbone.`` prefix."""
+    return {k[len("backbone."):]: v for k, v in classifier_state(state).items() if k.startswith("backbone.")}
+
+
 def load_backbone_file(backbone: nn.Module, path: Path) -> None:
     """Load a local weights file into ``backbone``: a wsss CAM classifier checkpoint (its backbone), or a plain
     torchvision/timm state dict of the same network (classification heads are dropped; every backbone key must land,
@@ -92,8 +107,6 @@ def load_backbone_file(backbone: nn.Module, path: Path) -> None:
         raise ConfigError(f"--weights {str(path)!r}: no such file; {_WEIGHTS_FIX}")
     state = load_checkpoint(path)
     if isinstance(state, dict) and "model" in state and "meta" in state:  # a wsss classifier checkpoint
-        from ..classifier import classifier_backbone_state
-
         trained = state["meta"].get("backbone") if isinstance(state["meta"], dict) else None
         if trained is not None and trained != backbone.arch:
             raise ConfigError(f"{path}: its network is a {trained}, not a {backbone.arch}; give --backbone {trained} "

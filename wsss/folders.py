@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageError, StageError
-from ..io import read_csv, read_json, read_mask, read_scores
+from .errors import ImageError, StageError
+from .io import read_csv, read_json, read_mask, read_scores
 
 PATH_COLUMNS = ("mask", "scores")  # manifest columns holding a file path relative to the stage folder
 
