@@ -443,3 +443,35 @@ def test_cli_log_has_no_carriage_return_frames(demo_root, tmp_path):
     assert proc.returncode == 0, text
     assert "\r" not in text
     assert f"INFO wsss.progress: seeds/threshold: {len(IDS)}/{len(IDS)} img (100%)" in text
+
+
+def test_a_recipe_that_is_a_fifo_or_not_utf8_is_one_error(demo_root, tmp_path):
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)
+    proc = _run_cli("run", str(fifo), "--dataset", str(demo_root), "--run", str(tmp_path / "run"), timeout=60)
+    assert proc.returncode == 2 and f"{fifo}: is a FIFO (named pipe), not a regular file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: d\u00e9mo\nsteps: []\n".encode("latin-1"))
+    result = CliRunner().invoke(main, ["run", str(latin), "--dataset", str(demo_root), "--run", str(tmp_path / "r")])
+    assert result.exit_code == 2 and str(latin) in result.output and "line 1" in result.output
+    _no_traceback(result)
+
+
+def test_validation_leaves_out_a_bomb_gt_mask_and_training_completes(demo_copy, tmp_path):
+    from wsss.config import TrainConfig
+    from wsss.stages.train import run_train
+
+    val = open_dataset(demo_copy, "val")
+    bad = val.ids[0]
+    _png_bomb(demo_copy / "SegmentationClass" / f"{bad}.png", 20_000, 20_000)
+    config = TrainConfig(backbone="resnet18", iterations=2, batch_size=2, crop_size=32, loader_workers=0,
+                         checkpoint_every=2)
+    s = run_train("deeplabv2", config, open_dataset(demo_copy, "train"), tmp_path, val_dataset=val, progress=False)
+    assert not s.stopped_early and s.validation["skipped"] == [bad]
+    assert s.validation["images"] == len(val.ids) - 1
+    assert read_json_status(tmp_path / "train/deeplabv2/stage.json") == "complete"
+
+
+def read_json_status(path: Path) -> str:
+    return json.loads(path.read_text())["status"]

@@ -299,9 +299,11 @@ def load_yaml(path: str | Path) -> dict:
     """Read a YAML file with ``yaml.safe_load`` (no arbitrary objects)."""
     import yaml
 
+    from .files import read_text
+
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
+    try:  # a regular file only (a FIFO would block), UTF-8 with the BOM dropped, errors naming the line
+        data = yaml.safe_load(read_text(path, "recipe", ConfigError))
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file not found") from None
     except yaml.YAMLError as exc:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import StageError
+from .errors import StageError, WsssError
 from .io import read_csv, save_checkpoint, write_csv
 from .labels import IGNORE
 from .metrics import confusion_matrix, scores_from_confusion
@@ -90,8 +90,14 @@ def evaluate_model(model: nn.Module, dataset, ids: list[str], *, device: torch.d
     was_training = model.training
     model.eval()
     cm = np.zeros((num_classes, num_classes + 1), np.int64)
+    skipped = []
     for image_id in ids[rank::world]:
-        sample = dataset.load(image_id, gt=True)
+        try:
+            sample = dataset.load(image_id, gt=True)
+        except WsssError as exc:  # an unreadable image or GT mask is left out of the score, not the training's end
+            log.warning("validation leaves out %s: %s", image_id, exc)
+            skipped.append(image_id)
+            continue
         if sample.gt is None:
             continue
         probs = segment(model, sample.image, scales=scales, flip=flip, device=device, channels_last=channels_last,
@@ -103,7 +109,9 @@ def evaluate_model(model: nn.Module, dataset, ids: list[str], *, device: torch.d
         cm = total.cpu().numpy()
     model.train(was_training)
     result = scores_from_confusion(cm, dataset.classes)
-    result["images"] = len(ids)
+    result["images"] = len(ids) - len(skipped)
+    if skipped:
+        result["skipped"] = skipped
     return result
 
 
