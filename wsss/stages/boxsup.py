@@ -74,12 +74,9 @@ class BoxSupRoundJob:
         if self.checkpoint is None:
             selection = initial_selection(cands, sample.boxes, tie_tolerance=cfg.tie_tolerance, min_fit=cfg.min_fit)
             return ImageResult(labels_from_selection(cands, sample.boxes, selection, **paint))
-        from ..models.inference import segment
-        from .predict import load_trained_model
+        from .predict import checkpoint_probs
 
-        model, meta = load_trained_model(self.checkpoint, self.device)
-        probs = segment(model, sample.image, scales=self.config.predict_scales, device=self.device,
-                        channels_last=bool(meta.get("speed", {}).get("channels_last")))
+        probs = checkpoint_probs(self.checkpoint, sample.image, scales=self.config.predict_scales, device=self.device)
         first = initial_selection(cands, sample.boxes, tie_tolerance=cfg.tie_tolerance, min_fit=cfg.min_fit)
         selection, _ = update_selection(cands, sample.boxes, probs, lam=cfg.boxsup_lambda * self.lam_scale,
                                         top_k=cfg.top_k,
@@ -158,18 +155,15 @@ def network_agreement(checkpoint: Path, dataset: Dataset, labels: StageFolder, *
 
     from ..label.boxsup import agreement_kappa
     from ..metrics import confusion_matrix
-    from ..models.inference import segment
-    from .predict import load_trained_model
+    from .predict import checkpoint_probs
 
     ids = [i for i in dataset.ids if labels.has(i)]
     ids = ids[::max(1, len(ids) // max(1, images))][:images]
-    model, meta = load_trained_model(checkpoint, device)
     k = dataset.num_classes
     cm = np.zeros((k, k + 1), np.int64)
     for image_id in ids:
         sample = dataset.load(image_id)
-        probs = segment(model, sample.image, scales=scales, device=device,
-                        channels_last=bool(meta.get("speed", {}).get("channels_last")))
+        probs = checkpoint_probs(checkpoint, sample.image, scales=scales, device=device)
         cm += confusion_matrix(labels.mask(image_id), probs.argmax(0).astype(np.uint8), k)
     total = cm[:, :k].sum()
     return {"kappa": round(agreement_kappa(cm), 4), "images": len(ids),

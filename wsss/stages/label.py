@@ -118,16 +118,13 @@ class SelfTrainJob:
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         from ..label.selftrain import box_constrained_labels
-        from ..models.inference import segment
-        from .predict import load_trained_model
+        from .predict import checkpoint_probs
 
         if sample.boxes is None or not len(sample.boxes):
             raise ImageError(f"{sample.id}: no boxes in the dataset; --guide selftrain holds the network to the "
                              "image's boxes (VOC XML or boxes.csv)")
-        model, meta = load_trained_model(self.checkpoint, self.device)
-        probs = segment(model, sample.image, scales=self.config.predict_scales, flip=self.config.predict_flip,
-                        device=self.device, channels_last=bool(meta.get("speed", {}).get("channels_last")),
-                        bf16=self.bf16)
+        probs = checkpoint_probs(self.checkpoint, sample.image, scales=self.config.predict_scales,
+                                 flip=self.config.predict_flip, device=self.device, bf16=self.bf16)
         reference = None
         if "reference" in upstream:
             reference = upstream["reference"].mask(sample.id)

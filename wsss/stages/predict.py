@@ -38,6 +38,18 @@ def load_trained_model(checkpoint: str | Path, device: str = "cpu"):
     return _MODEL_CACHE[key]
 
 
+def checkpoint_probs(checkpoint: str | Path, image: np.ndarray, *, scales=(1.0,), flip: bool = False,
+                     device: str = "cpu", bf16: bool = False) -> np.ndarray:
+    """Class probabilities (K, H, W) of ``image`` by the network of a ``wsss train`` checkpoint (loaded once per
+    process), in the memory format it was trained with: what predict, self-training and BoxSup's re-selection
+    all compute."""
+    from ..models.inference import segment
+
+    model, meta = load_trained_model(checkpoint, device)
+    return segment(model, image, scales=scales, flip=flip, device=device,
+                   channels_last=bool(meta.get("speed", {}).get("channels_last")), bf16=bf16)
+
+
 @dataclass
 class PredictJob:
     checkpoint: str
@@ -48,11 +60,8 @@ class PredictJob:
     uses_torch = True
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
-        from ..models.inference import segment
-
-        model, meta = load_trained_model(self.checkpoint, self.device)
-        probs = segment(model, sample.image, scales=self.config.scales, flip=self.config.flip, device=self.device,
-                        channels_last=bool(meta.get("speed", {}).get("channels_last")), bf16=self.bf16)
+        probs = checkpoint_probs(self.checkpoint, sample.image, scales=self.config.scales, flip=self.config.flip,
+                                 device=self.device, bf16=self.bf16)
         mask = probs.argmax(0).astype(np.uint8)
         if self.config.crf:
             from ..crf import crf_refine
