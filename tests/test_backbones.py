@@ -227,3 +227,60 @@ def test_pretrained_backbones_learn_at_a_tenth_of_the_rate():
     encoder = {id(p) for p in net.backbone.parameters()}
     assert all(id(p) in encoder for p in opt.param_groups[0]["params"]) and opt.param_groups[0]["lr_scale"] == 0.1
     assert SaliencyConfig().backbone == "efficientnet_lite0" and SaliencyConfig().weights == "auto"
+
+
+@pytest.mark.parametrize("name,stride,frozen_modules", [("efficientnet_lite0", 4, 4), ("efficientnet_lite0", 8, 5),
+                                                        ("resnet18", 4, 2), ("resnet18", 8, 3)])
+def test_frozen_early_layers_keep_their_weights_and_statistics(name, stride, frozen_modules):
+    from wsss.models.backbones import freeze_early_layers
+
+    torch.manual_seed(0)
+    backbone = build_backbone(name, output_stride=16)
+    freeze_early_layers(backbone, stride)
+    early = backbone.early_layers(stride)
+    assert len(early) == frozen_modules
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    backbone.train()  # a trainer's model.train() must leave the frozen part in eval mode
+    assert all(not m.training for layer in early for m in layer.modules())
+    assert any(m.training for m in backbone.modules())
+    trainable = [p for p in backbone.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    loss = backbone(torch.randn(2, 3, 64, 64))[-1].square().mean()
+    loss.backward()
+    opt.step()
+    frozen_keys = {f"{prefix}.{k}" if prefix else k for prefix, m in backbone.named_modules()
+                   if any(m is layer for layer in early) for k in m.state_dict()}
+    after = backbone.state_dict()
+    assert frozen_keys and all(torch.equal(after[k], before[k]) for k in frozen_keys)  # weights and BN stats alike
+    changed = [k for k in after if k not in frozen_keys and not torch.equal(after[k], before[k])]
+    assert changed  # the rest learns
+    # the frozen map at `stride` is the last frozen module's output: strictly before any trainable layer
+    assert sum(p.numel() for p in trainable) < sum(p.numel() for p in backbone.parameters())
+
+
+def test_freeze_stride_is_checked():
+    backbone = build_backbone("resnet18", output_stride=16)
+    with pytest.raises(ConfigError, match="freeze_stride 16"):
+        backbone.freeze(16)
+    backbone.freeze(0)
+    assert all(p.requires_grad for p in backbone.parameters())
+
+
+def test_tagged_augmentation_known_pixels():
+    from wsss.pairs import augment_tagged
+
+    image = np.full((100, 50, 3), 200, np.uint8)  # long side 100 -> 120: a 120 x 60 image padded into 256 x 256
+    out = augment_tagged(image, crop_size=256, resize_long=(120, 120), normalisation=((0.5,) * 3, (0.5,) * 3),
+                         jitter=0.0, hue=0.0, generator=torch.Generator().manual_seed(3))
+    assert out.shape == (3, 256, 256) and out.dtype == np.float32
+    inside = np.isclose(out, (200 / 255 - 0.5) / 0.5, atol=1e-6)
+    assert inside.all(axis=0).sum() == 120 * 60 and np.isclose(out[~inside], -1.0).all()  # padding: black
+    ys, xs = np.nonzero(inside.all(axis=0))
+    assert ys.max() - ys.min() == 119 and xs.max() - xs.min() == 59  # one block, placed at random
+    gradient = np.tile((np.arange(300) % 256).astype(np.uint8)[None, :, None], (300, 1, 3))
+    a, b = (augment_tagged(gradient, crop_size=64, resize_long=(300, 300), generator=torch.Generator().manual_seed(s))
+            for s in (5, 5))
+    assert np.array_equal(a, b)  # a function of the RNG stream (exact resume)
+    jittered = augment_tagged(image, crop_size=32, resize_long=(100, 100), normalisation=((0.0,) * 3, (1.0,) * 3),
+                              jitter=0.3, hue=0.0, generator=torch.Generator().manual_seed(0))
+    assert 0.0 <= jittered.min() and jittered.max() <= 1.0 and not np.isclose(jittered, 200 / 255).all()

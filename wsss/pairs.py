@@ -75,6 +75,53 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     return np.ascontiguousarray(img.transpose(2, 0, 1)), msk.astype(np.int64)
 
 
+def augment_tagged(image: np.ndarray, *, crop_size: int, resize_long: tuple[int, int],
+                   normalisation=(IMAGENET_MEAN, IMAGENET_STD), jitter: float = 0.3, hue: float = 0.05,
+                   generator: torch.Generator | None = None) -> np.ndarray:
+    """The CAM classifier's training augmentation on one image: random rescale (long side drawn in
+    ``resize_long``), random crop of ``crop_size`` (zero-padded at a random place when smaller), horizontal flip,
+    colour jitter (brightness, contrast and saturation factors in ``1 +- jitter``, hue shift in ``+- hue`` of the
+    circle), then the backbone's ``normalisation``. Every draw comes from torch's RNG (``generator`` or the global
+    one, which the classifier's checkpoint carries: exact resume).
+
+    ``image`` (H, W, 3) uint8 -> (3, c, c) float32. OpenCV and NumPy: torchvision's uint8 colour jitter took about
+    30 ms an image in the trainer's process (hue alone 5 ms on one thread, several times that on two busy ones),
+    a third of a Lite0 training step; this whole function takes about 8 ms (bench/RESULTS.md, issue 15).
+    """
+    import cv2
+
+    def draw(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand(1, generator=generator))
+
+    h, w = image.shape[:2]
+    long_side = int(torch.randint(resize_long[0], resize_long[1] + 1, (1,), generator=generator))
+    scale = long_side / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    c = crop_size
+    y = int(torch.randint(0, abs(nh - c) + 1, (1,), generator=generator))
+    x = int(torch.randint(0, abs(nw - c) + 1, (1,), generator=generator))
+    crop = np.zeros((c, c, 3), np.uint8)
+    src = image[y if nh > c else 0:, x if nw > c else 0:][:c, :c]
+    oy, ox = (0 if nh > c else y), (0 if nw > c else x)
+    crop[oy:oy + src.shape[0], ox:ox + src.shape[1]] = src
+    if float(torch.rand(1, generator=generator)) < 0.5:
+        crop = crop[:, ::-1]
+    f = crop.astype(np.float32) * draw(1 - jitter, 1 + jitter)  # brightness
+    grey = f @ np.array([0.299, 0.587, 0.114], np.float32)
+    f = np.clip((f - grey.mean()) * draw(1 - jitter, 1 + jitter) + grey.mean(), 0, 255)  # contrast
+    grey = (f @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    f = np.clip((f - grey) * draw(1 - jitter, 1 + jitter) + grey, 0, 255) / 255.0  # saturation
+    shift = draw(-hue, hue)
+    if shift:
+        hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)  # float input: hue in degrees
+        hsv[..., 0] = (hsv[..., 0] + 360.0 * shift) % 360.0
+        f = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    mean, std = (np.asarray(v, np.float32) for v in normalisation)
+    return np.ascontiguousarray(((f - mean) / std).transpose(2, 0, 1))
+
+
 class MaskPairs(TorchDataset):
     """(image, mask) pairs of ``dataset``'s images with masks from ``labels`` (a :class:`StageFolder`) or, when
     ``labels`` is None, the dataset's GT masks.

@@ -7,8 +7,8 @@ augmentation draws from, so the resumed run ends with the same weights); a compl
 Images that cannot be loaded (unreadable, truncated, broken annotation) are left out before training and listed in
 ``train_skipped.csv``; the per-image pass then lists them as failures.
 
-Augmentation (torchvision.transforms.v2): random rescale (long side drawn in ``resize_long``), random crop of
-``crop_size`` (zero-padded when smaller), horizontal flip, colour jitter, the backbone's input normalisation.
+Augmentation (:func:`wsss.pairs.augment_tagged`): random rescale (long side drawn in ``resize_long``), random crop
+of ``crop_size`` (zero-padded when smaller), horizontal flip, colour jitter, the backbone's input normalisation.
 """
 
 from __future__ import annotations
@@ -41,37 +41,25 @@ class TagDataset(torch.utils.data.Dataset):
     """(augmented image (3, crop, crop) float, multi-hot tags (K,) float) pairs for classifier training."""
 
     def __init__(self, dataset: Dataset, ids: list[str], config: CamConfig, normalisation: tuple):
-        from torchvision.transforms import v2
-
         if len(config.resize_long) != 2 or config.resize_long[0] > config.resize_long[1]:
             raise ConfigError(f"resize_long {config.resize_long}: give MIN,MAX pixels with MIN <= MAX")
         self.dataset, self.ids, self.config = dataset, list(ids), config
         self.num_classes = dataset.num_classes - 1
-        self.augment = v2.Compose([
-            v2.RandomCrop(config.crop_size, pad_if_needed=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(*normalisation),  # the backbone's statistics
-        ])
+        self.normalisation = normalisation
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, k: int):
-        from torchvision.transforms.v2 import functional as TF
+        from .pairs import augment_tagged
 
         sample = self.dataset.load(self.ids[k], gt=False)
-        image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).contiguous()
-        h, w = image.shape[1:]
-        lo, hi = self.config.resize_long
-        long_side = int(torch.randint(lo, hi + 1, (1,)).item())
-        scale = long_side / max(h, w)
-        image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
+        image = augment_tagged(np.asarray(sample.image), crop_size=self.config.crop_size,
+                               resize_long=tuple(self.config.resize_long), normalisation=self.normalisation)
         target = torch.zeros(self.num_classes)
         for c in sample.image_labels:
             target[int(c) - 1] = 1.0
-        return self.augment(image), target
+        return torch.from_numpy(image), target
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -109,7 +97,7 @@ def _param_groups(model, config: CamConfig):
     scale = backbone_lr_scale(config.backbone_lr_scale, config.weights, config.backbone)
     head = list(model.classifier.parameters())
     head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
+    body = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]  # frozen layers: none
     return [{"params": body, "lr_scale": scale}, {"params": head, "lr_scale": 1.0}]
 
 
@@ -150,6 +138,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     ``ids`` restricts training to those images (default: every id of ``dataset``). ``loader_workers`` > 0 decodes
     and augments in that many processes.
     """
+    from .models.backbones import freeze_early_layers
     from .models.classifier import build_classifier
     from .runtime import bf16_autocast, budget_poly_lr, uses_bf16
 
@@ -167,6 +156,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     torch.manual_seed(config.seed)
     model = build_classifier(num_classes=num_classes, backbone=config.backbone, weights=config.weights,
                              output_stride=config.output_stride)
+    freeze_early_layers(model.backbone, config.freeze_stride)
     optimizer = _make_optimizer(model, config)
     start_epoch, train_seconds, log_rows = 0, 0.0, []
     if ckpt_path.exists():

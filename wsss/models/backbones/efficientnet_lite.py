@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
+from .base import FreezableBackbone
 
 LITE_VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LITE_MEAN = (0.5, 0.5, 0.5)
@@ -115,7 +116,7 @@ def convert_reference_state(state: dict, net: nn.Module) -> dict:
     return out
 
 
-class EfficientNetLiteBackbone(nn.Module):
+class EfficientNetLiteBackbone(FreezableBackbone):
     """EfficientNet-Lite0/1/2 (timm) as a backbone: ``forward`` returns the outputs of stages 1, 2, 3, 5 and the
     head conv (strides 2, 4, 8, 16, 32 before dilation).
 
@@ -156,6 +157,11 @@ class EfficientNetLiteBackbone(nn.Module):
             state = convert_reference_state(state, self)
         self.load_state_dict(check_state_fits(self, state, source=source, ignore_prefixes=("classifier.",)),
                              strict=True)
+
+    def early_layers(self, stride: int) -> list[nn.Module]:
+        """The stem and the blocks up to the first feature map at ``stride`` (Lite: 2 stages to stride 4, 3 to 8)."""
+        last = max(tap for tap, s in zip(self._taps, self.strides) if s <= stride)
+        return [self.conv_stem, self.bn1] + [self.blocks[i] for i in range(last + 1)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.bn1(self.conv_stem(x))

@@ -14,6 +14,7 @@ from torch import nn
 import torchvision
 
 from ...errors import ConfigError
+from .base import FreezableBackbone
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 WEIGHTS_CHOICES = (None, "imagenet")
@@ -68,7 +69,7 @@ def _dilate_basic_layer(layer: nn.Sequential, dilation: int, previous: int) -> N
             block.downsample[0].stride = (1, 1)
 
 
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(FreezableBackbone):
     """A torchvision ResNet without its pooling/fc head; ``forward`` returns ``[c1, c2, c3, c4]`` (layer1..4).
 
     ``channels`` holds the four feature widths, ``strides`` their strides, ``output_stride`` the stride of ``c4``
@@ -109,6 +110,10 @@ class ResNetBackbone(nn.Module):
         renamed = {("stem.0" + k[5:] if k.startswith("conv1.") else "stem.1" + k[3:] if k.startswith("bn1.") else k): v
                    for k, v in state.items()}
         self.load_state_dict(check_state_fits(self, renamed, source=source, ignore_prefixes=("fc.",)), strict=True)
+
+    def early_layers(self, stride: int) -> list[nn.Module]:
+        """The stem and layer1 (stride 4), and layer2 (stride 8)."""
+        return [self.stem, self.layer1] + ([self.layer2] if stride >= 8 else [])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         c1 = self.layer1(self.stem(x))

@@ -1,0 +1,34 @@
+"""What every backbone family shares: freezing the early layers (see :func:`wsss.models.backbones.freeze_early_layers`)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ...errors import ConfigError
+
+FREEZE_STRIDES = (0, 4, 8)
+
+
+class FreezableBackbone(nn.Module):
+    """Base of the backbone families: ``freeze(stride)`` fixes the early layers (see :func:`freeze_early_layers`);
+    ``train()`` then leaves them in eval mode, so their BatchNorm statistics stay the pretrained ones."""
+
+    _frozen: tuple = ()
+
+    def early_layers(self, stride: int) -> list[nn.Module]:  # pragma: no cover - every family defines it
+        raise NotImplementedError
+
+    def freeze(self, stride: int) -> None:
+        if stride not in FREEZE_STRIDES:
+            raise ConfigError(f"freeze_stride {stride}: choose one of {', '.join(map(str, FREEZE_STRIDES))}")
+        self._frozen = tuple(self.early_layers(stride)) if stride else ()
+        for module in self._frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
