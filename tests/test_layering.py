@@ -22,7 +22,7 @@ FLOORS: list[tuple[int, tuple[str, ...]]] = [
     (3, ("wsss.io", "wsss.config", "wsss.metrics")),
     (4, ("wsss.datasets", "wsss.runtime", "wsss.crf", "wsss.folders")),  # readers, runtime plumbing, CRF
     (5, ("wsss.models.backbones",)),                        # the backbone contract, below every model
-    (6, ("wsss.models",)),
+    (6, ("wsss.models", "wsss.fit")),  # models; the training loop (runtime only: neither imports the other)
     (7, ("wsss.seeds", "wsss.label", "wsss.pairs", "wsss.report")),   # methods, training data, overlays
     (8, ("wsss.train", "wsss.train_classifier")),          # trainers
     (9, ("wsss.recipes",)),

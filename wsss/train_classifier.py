@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ from torch.nn import functional as F
 
 from .config import CamConfig, config_to_dict
 from .datasets import Dataset
-from .errors import ConfigError, DatasetError, ImageError, UnsafeFileError, WsssError
+from .errors import ConfigError, DatasetError, ImageError, UnsafeFileError
+from .fit import FitState, fit, training_state
 from .io import load_checkpoint, save_checkpoint, write_bytes, write_csv
 from .progress import progress
 from .runtime import pick_device
@@ -133,14 +133,15 @@ def usable_training_ids(dataset: Dataset, ids: list[str]) -> tuple[list[str], li
 
 def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *, ids: list[str] | None = None,
                      loader_workers: int = 0) -> Path:
-    """Train (or resume, or reuse) the classifier of ``config`` on ``dataset``'s tags; returns the checkpoint path.
+    """Train (or resume, or reuse) the classifier of ``config`` on ``dataset``'s tags with :func:`wsss.fit.fit`
+    (one checkpoint an epoch); returns the checkpoint path.
 
     ``ids`` restricts training to those images (default: every id of ``dataset``). ``loader_workers`` > 0 decodes
     and augments in that many processes.
     """
     from .models.backbones import freeze_early_layers
-    from .models.classifier import build_classifier
-    from .runtime import bf16_autocast, budget_poly_lr, uses_bf16
+    from .models.classifier import build_classifier, classifier_state
+    from .runtime import uses_bf16
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,94 +159,54 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
                              output_stride=config.output_stride)
     freeze_early_layers(model.backbone, config.freeze_stride)
     optimizer = _make_optimizer(model, config)
-    start_epoch, train_seconds, log_rows = 0, 0.0, []
+    saved, state = None, FitState()
     if ckpt_path.exists():
-        state = read_checkpoint(ckpt_path)
-        if state.get("complete"):
+        saved = read_checkpoint(ckpt_path)
+        if saved.get("complete"):
             log.info("%s: training already complete; reusing it", ckpt_path)
             return ckpt_path
-        from .models.classifier import classifier_state
-
-        model.load_state_dict(classifier_state(state["model"]))
-        if "optimizer" in state:
-            optimizer.load_state_dict(state["optimizer"])
-        else:  # a finished checkpoint keeps no optimizer state; one marked unfinished by hand resumes without it
-            log.warning("%s: no optimizer state to resume from; the optimizer starts afresh", ckpt_path)
-        start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
-        log_rows = list(state.get("log", []))
-        if "rng" in state:  # the augmentation draws from torch's global RNG: continue its stream (exact resume)
-            torch.set_rng_state(state["rng"])
-        log.info("%s: resuming after epoch %d", ckpt_path, start_epoch)
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        saved["model"] = classifier_state(saved["model"])  # checkpoints before the backbone contract too
+        state = FitState(epoch=int(saved["epoch"]), elapsed=float(saved["train_seconds"]),
+                         rows=list(saved.get("log", [])))
+        log.info("%s: resuming after epoch %d", ckpt_path, state.epoch)
     bf16 = uses_bf16(config.precision, device)  # --precision applies to training and inference alike
     ids, skipped = usable_training_ids(dataset, ids)
     write_csv(out_dir / SKIPPED, ["image_id", "reason"], [list(s) for s in skipped])
     data = TagDataset(dataset, ids, config, (model.backbone.mean, model.backbone.std))
     batch = min(config.batch_size, len(data))
-    steps_per_epoch = len(data) // batch
-    total_steps = steps_per_epoch * config.epochs
     budget = None if config.max_minutes is None else 60.0 * config.max_minutes
-    meta = {"backbone": config.backbone, "output_stride": config.output_stride, "num_classes": num_classes, "classes": list(dataset.classes),
-            "config": config_to_dict(config), "train_ids": len(ids)}
+    meta = {"backbone": config.backbone, "output_stride": config.output_stride, "num_classes": num_classes,
+            "classes": list(dataset.classes), "config": config_to_dict(config), "train_ids": len(ids)}
     log_path = out_dir / TRAIN_LOG
-    write_bytes(log_path, (LOG_HEADER + "".join(log_rows)).encode())  # the rows up to the checkpoint resumed from
+    write_bytes(log_path, (LOG_HEADER + "".join(state.rows)).encode())  # the rows up to the checkpoint resumed from
     if budget is not None and budget <= 0:
         raise ConfigError(f"max_minutes {config.max_minutes}: give a positive training budget")
-    for epoch in range(start_epoch, config.epochs):
-        if budget is not None and train_seconds >= budget:
-            break
+
+    def epoch_batches(epoch: int):  # the order of an epoch is a function of (seed, epoch): exact resume
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, generator=gen,
-                                             num_workers=loader_workers, persistent_workers=False)
-        model.train()
-        t_epoch = time.perf_counter()
-        losses, seen, lr = [], 0, config.lr
-        bar = progress(loader, total=steps_per_epoch, desc=f"cam classifier epoch {epoch + 1}/{config.epochs}",
-                       unit="batch", leave=False)
-        for step, (images, targets) in enumerate(bar):
-            elapsed = train_seconds + time.perf_counter() - t_epoch
-            if budget is not None and elapsed >= budget:
-                break
-            lr = budget_poly_lr(config.lr, epoch * steps_per_epoch + step, total_steps, elapsed=elapsed,
-                                budget=budget)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            images = images.to(device, non_blocking=True)
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with bf16_autocast(device, bf16):
-                logits = model(images)
-            loss = F.multilabel_soft_margin_loss(logits.float(), targets.to(device))
-            if not torch.isfinite(loss):
-                raise WsssError(f"classifier loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            seen += images.shape[0]
-            rate = seen / max(1e-9, time.perf_counter() - t_epoch)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", img_s=f"{rate:.1f}")
-        bar.close()
-        epoch_seconds = time.perf_counter() - t_epoch
-        train_seconds += epoch_seconds
-        finished = epoch + 1 >= config.epochs or (budget is not None and train_seconds >= budget)
-        row = (f"{epoch + 1},{len(losses)},{seen},{np.mean(losses) if losses else math.nan:.5f},{lr:.6f},"
-               f"{seen / max(epoch_seconds, 1e-9):.3f},{epoch_seconds:.2f},{train_seconds:.2f}\n")
-        log_rows.append(row)
+        return torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, generator=gen,
+                                           num_workers=loader_workers, persistent_workers=False)
+
+    def on_epoch(s: FitState) -> None:
+        seen, mean = sum(s.epoch_sizes), np.mean(s.epoch_losses) if s.epoch_losses else math.nan
+        s.rows.append(f"{s.epoch},{len(s.epoch_losses)},{seen},{mean:.5f},"
+                      f"{s.lr if s.epoch_losses else config.lr:.6f},{seen / max(s.epoch_seconds, 1e-9):.3f},"
+                      f"{s.epoch_seconds:.2f},{s.elapsed:.2f}\n")
+        log.info("epoch %d: loss %.4f, %.1f img/s", s.epoch, mean, seen / max(s.epoch_seconds, 1e-9))
+
+    def save(s: FitState) -> None:
         # the RNG state and the log rows travel in the checkpoint, so a resume continues both exactly
         # the optimizer state is only for resuming: a finished classifier keeps what inference needs (about half
         # the file: SGD momentum / AdamW moments are one or two more copies of the weights)
-        save_checkpoint(ckpt_path, {"model": {k: v.contiguous() for k, v in model.state_dict().items()},
-                                    **({} if finished else {"optimizer": optimizer.state_dict()}), "epoch": epoch + 1,
-                                    "train_seconds": train_seconds, "complete": finished, "meta": meta,
-                                    "rng": torch.get_rng_state(), "log": log_rows})
-        write_bytes(log_path, (LOG_HEADER + "".join(log_rows)).encode())
-        log.info("epoch %d: loss %.4f, %.1f img/s", epoch + 1, np.mean(losses) if losses else math.nan,
-                 seen / max(epoch_seconds, 1e-9))
-        if finished:
-            break
+        save_checkpoint(ckpt_path, {**training_state(model, None if s.complete else optimizer), "epoch": s.epoch,
+                                    "train_seconds": s.elapsed, "complete": s.complete, "meta": meta,
+                                    "log": s.rows})
+        write_bytes(log_path, (LOG_HEADER + "".join(s.rows)).encode())
+
+    fit(model, optimizer, epoch_batches, F.multilabel_soft_margin_loss, lr=config.lr, epochs=config.epochs,
+        steps_per_epoch=len(data) // batch, state=state, restore_from=saved, budget=budget, device=device,
+        channels_last=config.channels_last, bf16=bf16, save=save, on_epoch=on_epoch, desc="cam classifier",
+        unit="batch", where=str(ckpt_path))
     state = read_checkpoint(ckpt_path)
     if not state.get("complete"):  # the budget was spent before this run started: mark the schedule finished
         state["complete"] = True

@@ -111,7 +111,7 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
                    max_seconds: float | None = None, spent_seconds: float = 0.0,
                    recalibrate: bool = True) -> list[float]:
     """Train ``net`` on equally sized images (S, S, 3) uint8 and targets (S, S) {0, 1, 255} for epochs
-    ``start_epoch .. epochs - 1``; returns the mean loss of each epoch run.
+    ``start_epoch .. epochs - 1`` with :func:`wsss.fit.fit`; returns the mean loss of each epoch run.
 
     Poly learning-rate decay (power 0.9) over all ``epochs``; each epoch reshuffles with ``seed + epoch`` and flips
     half the images horizontally, so a resumed run repeats the same schedule. ``on_epoch(epoch, mean_loss)`` is
@@ -122,55 +122,36 @@ def train_saliency(net, optimizer, images: Sequence[np.ndarray], targets: Sequen
     (that epoch is then reported as finished). With ``recalibrate`` the BatchNorm statistics are re-estimated on
     the training images at the end (:func:`recalibrate_batchnorm`).
     """
-    import time
-
-    from ..progress import progress as progress_bar
-    from ..runtime import budget_poly_lr
-
-    t0 = time.perf_counter()
+    from ..fit import FitState, fit
 
     if len(images) != len(targets) or not images:
         raise ValueError(f"need the same non-zero number of images and targets, got {len(images)} and {len(targets)}")
     n = len(images)
     steps_per_epoch = math.ceil(n / batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    losses = []
-    net.train()
-    for epoch in range(start_epoch, epochs):
+
+    def epoch_batches(epoch: int):
         rng = np.random.default_rng(seed + epoch)
         order = rng.permutation(n)
         flips = rng.random(n) < 0.5
-        running, count = 0.0, 0
-        bar = progress_bar(range(steps_per_epoch), desc=f"saliency epoch {epoch + 1}/{epochs}", unit="step",
-                           enabled=bool(progress), leave=False)
-        out_of_time = False
-        for step in bar:
+        for step in range(steps_per_epoch):
             idx = order[step * batch_size:(step + 1) * batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm needs 2 samples; fold a lone last image into the next epoch
-                continue
+                return
             imgs = [images[i][:, ::-1] if flips[i] else images[i] for i in idx]
             tgts = [targets[i][:, ::-1] if flips[i] else targets[i] for i in idx]
-            x, y = _batch_tensors([np.ascontiguousarray(a) for a in imgs], [np.ascontiguousarray(t) for t in tgts])
-            rate = budget_poly_lr(lr, epoch * steps_per_epoch + step, total,
-                                  elapsed=spent_seconds + time.perf_counter() - t0, budget=max_seconds)
-            for group in optimizer.param_groups:
-                group["lr"] = rate * group.get("lr_scale", 1.0)
-            loss = saliency_loss(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += float(loss.detach()) * len(idx)
-            count += len(idx)
-            bar.set_postfix(loss=f"{running / max(count, 1):.4f}")
-            if max_seconds and spent_seconds + time.perf_counter() - t0 >= max_seconds:
-                out_of_time = True
-                break
-        mean = running / max(count, 1)
-        losses.append(mean)
+            yield _batch_tensors([np.ascontiguousarray(a) for a in imgs], [np.ascontiguousarray(t) for t in tgts])
+
+    losses = []
+
+    def epoch_done(state) -> None:  # the mean over images, as the stage's log reports it
+        sizes = state.epoch_sizes
+        losses.append(sum(loss * k for loss, k in zip(state.epoch_losses, sizes)) / max(sum(sizes), 1))
         if on_epoch is not None:
-            on_epoch(epoch, mean)
-        if out_of_time:
-            break
+            on_epoch(state.epoch - 1, losses[-1])
+
+    fit(net, optimizer, epoch_batches, saliency_loss, lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        state=FitState(epoch=start_epoch, elapsed=spent_seconds), budget=max_seconds, on_epoch=epoch_done,
+        progress=bool(progress), desc="saliency", unit="step", where="saliency net")
     if recalibrate:
         recalibrate_batchnorm(net, images, batch_size=batch_size)
     net.eval()
