@@ -243,16 +243,11 @@ def ensure_candidates(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
 
 def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels: StageFolder, run_dir: Path,
                 *, val_dataset: Dataset | None, overwrite: bool = False) -> tuple[Path, dict | None]:
-    """Train the round's network on ``labels`` into ``RUN/train/boxsup_r<round>/`` (resumable); returns
-    ``(checkpoint, validation quality or None)``. A finished training is not rerun."""
-    import torch
-
-    from ..models import build_model, resolve_backbone
-    from ..models.inference import input_normalisation
-    from ..pairs import CHECK_CACHE, MaskPairs
-    from ..runtime import CHECKPOINT, load_checkpoint, pick_device, resolve_speed
-    from ..train import train_model
-    from .train import record_pair_failures
+    """Train the round's network on ``labels`` into ``RUN/train/boxsup_r<round>/`` (resumable) with the train
+    stage's runner (:func:`wsss.stages.train.run_train`); returns ``(checkpoint, validation quality or None)``. A
+    finished training is not rerun."""
+    from ..runtime import CHECKPOINT
+    from .train import run_train
 
     train_config = TrainConfig(backbone=config.backbone, weights=config.weights, iterations=config.iterations,
                                batch_size=config.batch_size, lr=config.lr, crop_size=config.crop_size,
@@ -268,45 +263,19 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
                             dataset=dataset, upstream={"labels": labels}, overwrite=False)
     ckpt = stage_dir / CHECKPOINT
     info = read_json(stage_dir / "stage.json")
-    if info.get("status") == "complete" and ckpt.exists():
+    if info.get("status") in ("complete", "complete_with_failures") and ckpt.exists():
         return ckpt, info.get("quality")
-    dev = pick_device(config.device)
-    backbone = resolve_backbone(config.model, config.backbone)
-    speed = {"channels_last": resolve_speed(train_config.channels_last, dev, "channels_last", backbone),
-             "bf16": resolve_speed(train_config.bf16, dev, "bf16", backbone)}
-    torch.manual_seed(train_config.seed)
-    model = build_model(config.model, num_classes=dataset.num_classes, backbone=backbone, weights=config.weights)
     warm_from = None
     if config.warm_start and round_index > 1:  # continue from the previous round's network (the paper's one run)
         warm_from = run_dir / "train" / f"boxsup_r{round_index - 1}" / CHECKPOINT
-        if not ckpt.exists():  # an interrupted round resumes from its own checkpoint instead
-            model.load_state_dict(load_checkpoint(warm_from)["model"])
-    meta = {"model": config.model, "backbone": backbone, "num_classes": dataset.num_classes,
-            "classes": list(dataset.classes), "palette_name": dataset.palette_name, "speed": speed,
-            "config_hash": digest, "config": dataclasses.asdict(train_config), "boxsup_round": round_index,
-            "warm_start_from": str(warm_from) if warm_from else None}
-    pairs = MaskPairs(dataset, labels, crop_size=train_config.crop_size,
-                      scale_range=(train_config.scale_min, train_config.scale_max), flip=train_config.flip,
-                      check_cache=stage_dir / CHECK_CACHE, normalisation=input_normalisation(model))
-    record_pair_failures(stage_dir, len(pairs), pairs.failures)  # bad pairs are left out of the round's training
-    val_ids = [i for i in val_dataset.ids if val_dataset.gt_path(i) is not None] if val_dataset else []
-    result = train_model(model, pairs, stage_dir, iterations=train_config.iterations,
-                         batch_size=train_config.batch_size, lr=train_config.lr,
-                         head_lr_mult=train_config.head_lr_mult, momentum=train_config.momentum,
-                         weight_decay=train_config.weight_decay, poly_power=train_config.poly_power,
-                         seed=train_config.seed, device=dev, channels_last=speed["channels_last"], bf16=speed["bf16"],
-                         loader_workers=0, checkpoint_every=train_config.checkpoint_every,
-                         val_dataset=val_dataset if val_ids else None, val_ids=val_ids, meta=meta)
-    info = read_json(stage_dir / "stage.json")
-    info.update({"status": "complete" if not result.stopped_early else "stopped",
-                 "training": {"iterations_done": result.iterations, "resumed_from": result.start_iteration,
-                              "train_images": len(pairs), "labels": str(labels.path),
-                              "seconds_this_run": round(result.seconds, 2), "last_loss": result.last_loss,
-                              "images_per_second": result.images_per_second, **result.speed},
-                 "quality": result.validation, "checkpoint": CHECKPOINT, "log": "log.csv",
-                 "validation": {"split": val_dataset.split, "images": len(val_ids)} if val_ids else None})
-    write_json(stage_dir / "stage.json", info)
-    return ckpt, result.validation
+    if val_dataset is not None and all(val_dataset.gt_path(i) is None for i in val_dataset.ids):
+        val_dataset = None  # a split without GT: the rounds go unscored
+    summary = run_train(config.model, dataclasses.replace(train_config, loader_workers=0), dataset, run_dir,
+                        labels=labels, val_dataset=val_dataset, device=config.device, stage_dir=stage_dir,
+                        digest=digest, init_from=warm_from,
+                        extra_meta={"boxsup_round": round_index,
+                                    "warm_start_from": str(warm_from) if warm_from else None})
+    return summary.checkpoint, summary.validation
 
 
 def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, workers: int = 1,

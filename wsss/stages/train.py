@@ -56,13 +56,20 @@ def resolve_labels(labels: str, run_dir: Path) -> StageFolder | None:
                      "give a mask stage folder such as seeds/threshold, or 'gt' for the dataset's GT masks")
 
 
-def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: Path, *, labels: str = "gt",
-              val_dataset: Dataset | None = None, device: str = "auto", stop_at: int | None = None,
-              overwrite: bool = False, progress: bool = True) -> TrainSummary:
+def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: Path, *,
+              labels: str | StageFolder = "gt", val_dataset: Dataset | None = None, device: str = "auto",
+              stop_at: int | None = None, overwrite: bool = False, progress: bool = True,
+              stage_dir: Path | None = None, digest: str | None = None, init_from: Path | None = None,
+              extra_meta: dict | None = None) -> TrainSummary:
     """Train ``model_name`` on ``dataset`` with the masks of ``labels`` into ``run_dir/train/<model_name>/``.
 
     Re-running the same command resumes from ``checkpoint.pt`` (same schedule); a finished run is not retrained.
     Under torchrun every rank calls this; rank 0 writes the files.
+
+    BoxSup's rounds train through here too: ``stage_dir`` (instead of ``run_dir/train/<model_name>``), ``digest``
+    (the config hash of a folder the caller prepared with its own identity; None: prepared here from ``config``),
+    ``init_from`` (a checkpoint whose weights a run without its own checkpoint starts from) and ``extra_meta``
+    (more keys for the checkpoint's meta).
     """
     import torch
 
@@ -83,16 +90,20 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
                           "0 < scale-min <= scale-max")
     model_kwargs = model_options(model_name, config)
     run_dir = Path(run_dir)
-    folder = resolve_labels(labels, run_dir)
-    stage_dir = run_dir / "train" / model_name
+    folder = labels if isinstance(labels, StageFolder) else resolve_labels(labels, run_dir)
+    stage_dir = Path(stage_dir) if stage_dir is not None else run_dir / "train" / model_name
     upstream = {"labels": folder} if folder is not None else {}
-    digest = prepare_stage_dir(stage_dir, stage="train", method=model_name, config=config, dataset=dataset,
-                               upstream=upstream, overwrite=overwrite)
+    if digest is None:
+        digest = prepare_stage_dir(stage_dir, stage="train", method=model_name, config=config, dataset=dataset,
+                                   upstream=upstream, overwrite=overwrite)
+    ckpt = stage_dir / CHECKPOINT
     rank = dist_env()[0]
     torch.manual_seed(config.seed)
     backbone = resolve_backbone(model_name, config.backbone)
     model = build_model(model_name, num_classes=dataset.num_classes, backbone=backbone, weights=config.weights,
                         **model_kwargs)
+    if init_from is not None and not ckpt.exists():  # an interrupted run resumes from its own checkpoint instead
+        model.load_state_dict(load_checkpoint(init_from)["model"])
     pairs = MaskPairs(dataset, folder, crop_size=config.crop_size,
                       scale_range=(config.scale_min, config.scale_max), flip=config.flip,
                       check_cache=stage_dir / CHECK_CACHE, write_cache=rank == 0,
@@ -103,7 +114,6 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
         record_pair_failures(stage_dir, len(pairs), failed)
     pairs_digest = hashlib.sha1("\n".join(pairs.ids).encode()).hexdigest()[:16]
     dev = pick_device(device)
-    ckpt = stage_dir / CHECKPOINT
     speed = {"channels_last": resolve_speed(config.channels_last, dev, "channels_last", backbone),
              "bf16": resolve_speed(config.bf16, dev, "bf16", backbone)}
     if ckpt.exists():  # a resumed run keeps the numerics it started with
@@ -116,8 +126,7 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     meta = {"model": model_name, "backbone": backbone, "num_classes": dataset.num_classes,
             "classes": list(dataset.classes), "palette_name": dataset.palette_name, "speed": speed,
             "config_hash": digest, "config": config_to_dict(config), "pairs_digest": pairs_digest,
-            "model_kwargs": model_kwargs,
-            "train_images": len(pairs)}
+            "model_kwargs": model_kwargs, "train_images": len(pairs), **(extra_meta or {})}
     val_ids = [i for i in val_dataset.ids if val_dataset.gt_path(i) is not None] if val_dataset is not None else []
     if val_dataset is not None and not val_ids:
         raise StageError(f"{val_dataset.root}: split {val_dataset.split!r} has no GT masks to validate on; "
