@@ -19,9 +19,14 @@ from torch.nn import functional as F
 
 from wsss.models.classifier import build_classifier
 from wsss.runtime import uses_bf16
-from wsss.train_classifier import load_classifier
-from wsss.seeds.cam import DEFAULT_SCALES, cam_seed_mask, multiscale_cam, prepare_for_inference, \
-    scaled_size
+from wsss.seeds.cam import (
+    DEFAULT_SCALES,
+    cam_seed_mask,
+    multiscale_cam,
+    prepare_for_inference,
+    scaled_size,
+)
+from wsss.trainers.cam_classifier import load_classifier
 
 
 def naive_cam(model, image, labels, scales=DEFAULT_SCALES):
@@ -75,7 +80,7 @@ def main() -> None:
         ("flip batched + BN folded + bf16", dict(fold_bn=True, channels_last=False, bf16=True)),
         ("flip batched + BN folded + cl + bf16", dict(fold_bn=True, channels_last=True, bf16=True)),
     ]
-    # the settings `wsss seeds --method cam` uses on this CPU (channels_last on; --precision auto)
+    # the settings `wsss seeds --method cam` uses on this CPU (channels_last on; --bf16 auto)
     default_bf16 = uses_bf16("auto", torch.device("cpu"))
     default = next(name for name, o in variants if o["channels_last"] and o["fold_bn"] and o["bf16"] == default_bf16)
     if args.only_default:

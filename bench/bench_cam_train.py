@@ -1,8 +1,8 @@
 """CAM classifier training throughput: the settings ``wsss seeds --method cam`` trains with against a naive loop.
 
 Reference (named ``naive``): the same classifier (same seed and backbone), fp32, contiguous layout. The other
-variant uses what :func:`wsss.train_classifier.train_classifier` picks on this machine: channels_last, and bf16
-autocast where ``--precision auto`` turns it on (CUDA, or a CPU with native bf16). One process holds both models
+variant uses what :func:`wsss.trainers.cam_classifier.train_classifier` picks on this machine: channels_last, and bf16
+autocast where ``--bf16 auto`` turns it on (CUDA, or a CPU with native bf16). One process holds both models
 and alternates one step of each on the same random batch, swapping the order every step, so that a change of the
 machine's load hits both alike; medians of wall time and process CPU time per step, first step left out. A third
 variant adds ``--freeze-stride`` (the early layers kept at their pretrained weights: no backward through them).

@@ -3,12 +3,12 @@
 Same model (same seed and architecture), same batch, same crop, same augmented samples in the same order.
 
 1. **interleaved** (the headline ratio): one process holds both models and alternates one reference step and one
-   :func:`wsss.train.train_step` step (the loop's own step, with channels_last / bf16 autocast as
+   :func:`wsss.trainers.segmentation.train_step` step (the loop's own step, with channels_last / bf16 autocast as
    ``resolve_speed('auto')`` picks them for this machine) on the same batch, swapping the order every iteration. On
    a shared machine the load changes by the minute; alternating step by step makes both variants see the same
    load. Medians of wall time and of process CPU time per step, first step left out.
 2. **end to end** (one subprocess per variant, ``--rounds`` rounds): the reference as a plain loop (samples prepared
-   in the main process, fp32, contiguous) against :func:`wsss.train.train_model` itself (DataLoader worker,
+   in the main process, fp32, contiguous) against :func:`wsss.trainers.segmentation.train_model` itself (DataLoader worker,
    channels_last, bf16); wall time over iterations 2..N and the peak memory of each process (max RSS on CPU,
    ``torch.cuda.max_memory_allocated`` on GPU).
 
@@ -67,7 +67,7 @@ def interleaved(args) -> dict:
 
     from wsss.pairs import ResumableSampler
     from wsss.runtime import pick_device, resolve_speed
-    from wsss.train import make_optimizer, train_step
+    from wsss.trainers.segmentation import make_optimizer, train_step
 
     pairs, model = _setup(args)
     device = pick_device(args.device)
@@ -110,7 +110,7 @@ def worker(args) -> dict:
 
     from wsss.pairs import ResumableSampler
     from wsss.runtime import pick_device, resolve_speed
-    from wsss.train import make_optimizer, train_model
+    from wsss.trainers.segmentation import make_optimizer, train_model
 
     pairs, model = _setup(args)
     device = pick_device(args.device)

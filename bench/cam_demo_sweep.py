@@ -29,7 +29,7 @@ from wsss.metrics import scores_from_confusion
 from wsss.recipes import load_recipe
 from wsss.runtime import uses_bf16
 from wsss.seeds.cam import multiscale_cam, prepare_for_inference, sweep_confusions
-from wsss.train_classifier import load_classifier, train_classifier
+from wsss.trainers.cam_classifier import load_classifier, train_classifier
 
 
 def dense_os8(model: nn.Module) -> nn.Module:
@@ -75,8 +75,8 @@ def main() -> None:
         train_classifier(dataset, out, config)
         train_s = time.perf_counter() - t0
     model = load_classifier(out / "classifier.pt", num_classes=dataset.num_classes - 1)
-    model = prepare_for_inference(dense_os8(model) if args.dense8 else model, channels_last=config.channels_last)
-    bf16 = uses_bf16(config.precision, torch.device("cpu"))
+    model = prepare_for_inference(dense_os8(model) if args.dense8 else model, channels_last=config.channels_last != "off")
+    bf16 = uses_bf16(config.bf16, torch.device("cpu"))
     thresholds = tuple(round(t, 2) for t in np.arange(0.2, 0.81, 0.05))
     k = dataset.num_classes
     confusion = np.zeros((len(thresholds), k, k + 1), np.int64)
@@ -84,7 +84,7 @@ def main() -> None:
     for image_id in dataset.ids:
         sample = dataset.load(image_id, gt=True)
         cams, class_ids = multiscale_cam(model, sample.image, sample.image_labels, scales=config.scales,
-                                         flip=config.flip, bf16=bf16, channels_last=config.channels_last)
+                                         flip=config.flip, bf16=bf16, channels_last=config.channels_last != "off")
         cams = cams.astype(np.float16).astype(np.float32)  # as the cam stage stores them
         confusion += sweep_confusions(cams, class_ids, sample.gt, thresholds, k)
     infer_s = time.perf_counter() - t0

@@ -32,8 +32,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wsss.conventions import IGNORE  # noqa: E402
 from wsss.datasets import open_dataset  # noqa: E402
-from wsss.labels import IGNORE  # noqa: E402
 from wsss.metrics import confusion_matrix, scores_from_confusion  # noqa: E402
 from wsss.models import build_model  # noqa: E402
 from wsss.models.inference import normalize_image, segment  # noqa: E402

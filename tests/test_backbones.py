@@ -8,12 +8,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_trains_one_step
+
 from wsss.errors import ConfigError
 from wsss.models import BACKBONE_MODELS, build_model, split_parameters
-from wsss.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, LITE_VARIANTS, build_backbone, check_state_fits,
-                                   lite_weights, parse_weights)
+from wsss.models.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LITE_VARIANTS,
+    build_backbone,
+    check_state_fits,
+    lite_weights,
+    parse_weights,
+)
 from wsss.models.backbones.efficientnet_lite import convert_reference_state, timm_lite
 
 
@@ -198,7 +205,7 @@ def test_old_classifier_checkpoints_still_load(tmp_path):
     """Checkpoints written before the backbone contract kept the ResNet at the top (stem.*, layerN.*)."""
     from wsss.io import save_checkpoint
     from wsss.models.classifier import build_classifier
-    from wsss.train_classifier import load_classifier
+    from wsss.trainers.cam_classifier import load_classifier
 
     torch.manual_seed(0)
     clf = build_classifier(num_classes=4, backbone="resnet18")
@@ -214,7 +221,7 @@ def test_pretrained_backbones_learn_at_a_tenth_of_the_rate():
     from wsss.models.classifier import build_classifier
     from wsss.models.saliency_net import saliency_net
     from wsss.seeds.saliency import make_optimizer
-    from wsss.train_classifier import _make_optimizer
+    from wsss.trainers.cam_classifier import _make_optimizer
 
     clf = build_classifier(num_classes=2, backbone="efficientnet_lite0")
     opt = _make_optimizer(clf, CamConfig())  # defaults: efficientnet_lite0, weights auto = imagenet

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -16,8 +18,14 @@ from wsss.errors import ConfigError, UnsafeFileError
 from wsss.io import read_mask, read_scores
 from wsss.metrics import confusion_matrix
 from wsss.models.classifier import build_classifier
-from wsss.seeds.cam import (cam_seed_mask, fold_batchnorm, multiscale_cam, prepare_for_inference, sweep_confusions,
-                            threshold_range)
+from wsss.seeds.cam import (
+    cam_seed_mask,
+    fold_batchnorm,
+    multiscale_cam,
+    prepare_for_inference,
+    sweep_confusions,
+    threshold_range,
+)
 
 torch.set_num_threads(2)
 
@@ -195,7 +203,11 @@ def test_threshold_range():
 @pytest.mark.slow
 def test_train_resume_and_checkpoint_safety(demo_root, tmp_path):
     from wsss.datasets import open_dataset
-    from wsss.train_classifier import load_classifier, read_checkpoint, train_classifier
+    from wsss.trainers.cam_classifier import (
+        load_classifier,
+        read_checkpoint,
+        train_classifier,
+    )
 
     data = open_dataset(demo_root, "train")
     config = CamConfig(backbone="resnet18", epochs=2, batch_size=4, crop_size=48, resize_long=(64, 80), lr=1e-3,
@@ -243,6 +255,11 @@ def test_cam_stage_cli_resume_checkpoint_and_sweep(demo_root, tmp_path):
     from wsss.datasets import open_dataset
 
     dataset = open_dataset(demo_root)
+    log_rows = list(csv.DictReader(open(stage / "train_log.csv")))
+    training = json.loads((stage / "stage.json").read_text())["training"]
+    assert training["trained_here"] and training["epochs"] == len(log_rows)
+    assert training["images_seen"] == sum(int(r["images"]) for r in log_rows)
+    assert training["seconds"] == round(float(log_rows[-1]["train_seconds"]), 1)
     rows = list(csv.DictReader(open(stage / "manifest.csv")))
     assert len(rows) == len(dataset.ids) and all(r["status"] == "ok" for r in rows)
     for image_id in dataset.ids:
@@ -274,7 +291,6 @@ def test_cam_stage_cli_resume_checkpoint_and_sweep(demo_root, tmp_path):
     res = runner.invoke(main, ["eval", str(stage), "--dataset", str(demo_root), "--sweep", "0.05:0.25:0.1",
                                "--json"])
     assert res.exit_code == 0, res.output
-    import json
 
     sweep = json.loads(res.output)
     assert [r["bg_threshold"] for r in sweep["rows"]] == [0.05, 0.15, 0.25]
@@ -339,3 +355,19 @@ def test_demo_cam_seeds_beat_threshold_seeds(tmp_path):
     for image_id in dataset.ids:
         labels = set(dataset.load(image_id, image=False, gt=True).image_labels)
         assert set(np.unique(folder.mask(image_id)).tolist()) <= {0} | labels
+
+
+def test_cam_precision_options_use_the_train_stage_words_and_old_keys_still_read():
+    from wsss.config import TrainConfig, build_config
+
+    assert CamConfig().bf16 == TrainConfig().bf16 == "auto"
+    assert dataclasses.fields(CamConfig)[[f.name for f in dataclasses.fields(CamConfig)].index("bf16")].metadata[
+        "choices"] == ("auto", "on", "off")
+    # recipes / stage.json files written with the old vocabulary: precision fp32|bf16 and a boolean channels_last
+    old = build_config(CamConfig, {"precision": "fp32", "channels_last": False})
+    assert (old.bf16, old.channels_last) == ("off", "off")
+    assert build_config(CamConfig, {"precision": "bf16", "channels_last": True}) == CamConfig(bf16="on",
+                                                                                            channels_last="on")
+    assert build_config(TrainConfig, {"bf16": True}).bf16 == "on"
+    with pytest.raises(ConfigError, match="choose one of auto, on, off"):
+        build_config(CamConfig, {"precision": "fp16"})

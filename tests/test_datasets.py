@@ -99,3 +99,29 @@ def test_read_mask_rejects_values_outside_the_classes(tmp_path):
     with pytest.raises(ImageError, match=r"m.png: mask values \[9\] are outside 0..5 and 255"):
         read_mask(tmp_path / "m.png", 6)
     assert read_mask(tmp_path / "m.png", 6, ignore_values=(9,))[0, 0] == 255
+
+
+def test_split_expressions_slice_and_subtract_split_files(demo_copy):
+    from wsss.datasets import open_dataset
+    from wsss.errors import DatasetError
+
+    train = open_dataset(demo_copy, "train").ids
+    every_other = open_dataset(demo_copy, "train[::2]")
+    assert every_other.ids == train[::2] and every_other.split == "train[::2]"
+    rest = open_dataset(demo_copy, "train-train[::2]").ids
+    assert rest == train[1::2] and not set(rest) & set(every_other.ids)
+    assert open_dataset(demo_copy, "trainval-val").ids == train
+    assert open_dataset(demo_copy, "train[-3:]").ids == train[-3:]
+    assert open_dataset(demo_copy, "train[1:4]-train[::2]").ids == [train[1], train[3]]
+    # a split file of that very name wins over the expression
+    split_dir = demo_copy / "ImageSets" / "Segmentation"
+    (split_dir / "a-b.txt").write_text(train[0] + "\n")
+    assert open_dataset(demo_copy, "a-b").ids == [train[0]]
+    with pytest.raises(DatasetError, match="not a split expression"):
+        open_dataset(demo_copy, "train[::2")
+    with pytest.raises(DatasetError, match="step of 0"):
+        open_dataset(demo_copy, "train[::0]")
+    with pytest.raises(DatasetError, match="selects no image id"):
+        open_dataset(demo_copy, "train-trainval")
+    with pytest.raises(DatasetError, match="nosuch.txt: split file not found"):
+        open_dataset(demo_copy, "nosuch-val")

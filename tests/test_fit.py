@@ -198,7 +198,7 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 @pytest.mark.slow
 def test_deeplab_training_killed_mid_run_resumes_to_the_same_weights(demo_root, tmp_path, monkeypatch):
-    import wsss.train as train
+    import wsss.trainers.segmentation as train
     from wsss.config import TrainConfig
     from wsss.datasets import open_dataset
     from wsss.io import read_csv
@@ -230,13 +230,13 @@ def test_deeplab_training_killed_mid_run_resumes_to_the_same_weights(demo_root, 
 
 @pytest.mark.slow
 def test_cam_classifier_killed_mid_run_resumes_to_the_same_weights(demo_root, tmp_path, monkeypatch):
-    import wsss.train_classifier as tc
+    import wsss.trainers.cam_classifier as tc
     from wsss.config import CamConfig
     from wsss.datasets import open_dataset
 
     torch.set_num_threads(1)
     config = CamConfig(backbone="resnet18", weights="none", epochs=3, batch_size=4, crop_size=32,
-                       resize_long=(40, 64), lr=1e-2, optimizer="sgd", backbone_lr_scale=0.5, precision="fp32",
+                       resize_long=(40, 64), lr=1e-2, optimizer="sgd", backbone_lr_scale=0.5, bf16="off",
                        device="cpu")
     ds = open_dataset(demo_root, "train")
     ref = tc.read_checkpoint(tc.train_classifier(ds, tmp_path / "ref", config))

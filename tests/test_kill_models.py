@@ -18,8 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_kill import (
+    ENV,
+    WSSS,
+    _check_no_half_files,
+    _checkpoints_seen,
+    _count,
+    _manifest,
+    _run_to_end,
+)
 
-from test_kill import ENV, WSSS, _check_no_half_files, _checkpoints_seen, _count, _manifest, _run_to_end
 from wsss.datasets import make_demo_data
 from wsss.io import load_checkpoint, read_json
 
@@ -216,13 +224,13 @@ def test_classifier_training_interrupted_after_an_epoch_resumes_to_identical_wei
                                                                                       monkeypatch):
     """Regression (found by the CAM kill test): the augmentation draws from torch's global RNG, which a resume used
     to restart from the seed; the checkpoint now carries it. Interrupt after epoch 1's checkpoint, resume, compare."""
-    from wsss import train_classifier as tc
     from wsss.config import CamConfig
     from wsss.datasets import open_dataset
+    from wsss.trainers import cam_classifier as tc
 
     torch.set_num_threads(1)
     config = CamConfig(backbone="resnet18", epochs=3, batch_size=4, crop_size=32, resize_long=(40, 64), lr=1e-3,
-                       optimizer="adamw", precision="fp32", device="cpu")
+                       optimizer="adamw", bf16="off", device="cpu")
     ds = open_dataset(demo_root, "train")
     ref = tc.train_classifier(ds, tmp_path / "ref", config)
 

@@ -1,4 +1,4 @@
-"""Imports flow one way (DESIGN.md): cli -> stages -> trainers -> methods -> models -> runtime -> io/labels/errors.
+"""Imports flow one way (DESIGN.md): cli -> stages -> trainers -> methods -> models -> runtime -> io/conventions/errors.
 
 The test reads every module's imports from its source (module level and inside functions alike: an import hidden
 in a function is still a dependency) and fails on an upward one, naming the file, the line and the rule.
@@ -18,13 +18,13 @@ PACKAGE = Path(wsss.__file__).parent
 FLOORS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("wsss", "wsss.errors", "wsss.progress")),
     (1, ("wsss.files",)),
-    (2, ("wsss.labels",)),
+    (2, ("wsss.conventions",)),
     (3, ("wsss.io", "wsss.config", "wsss.metrics")),
     (4, ("wsss.datasets", "wsss.runtime", "wsss.crf", "wsss.folders")),  # readers, runtime plumbing, CRF
     (5, ("wsss.models.backbones",)),                        # the backbone contract, below every model
     (6, ("wsss.models", "wsss.fit")),  # models; the training loop (runtime only: neither imports the other)
     (7, ("wsss.seeds", "wsss.label", "wsss.pairs", "wsss.report")),   # methods, training data, overlays
-    (8, ("wsss.train", "wsss.train_classifier")),          # trainers
+    (8, ("wsss.trainers",)),                                  # trainers
     (9, ("wsss.recipes",)),
     (10, ("wsss.stages",)),
     (11, ("wsss.cli",)),
@@ -93,9 +93,9 @@ def test_no_module_imports_upward():
 def test_the_checker_finds_an_upward_import_hidden_in_a_function(tmp_path):
     root = tmp_path / "wsss"
     (root / "stages").mkdir(parents=True)
-    for name in ("__init__.py", "stages/__init__.py", "stages/runner.py", "labels.py"):
+    for name in ("__init__.py", "stages/__init__.py", "stages/runner.py", "conventions.py"):
         (root / name).write_text("")
-    (root / "io.py").write_text("from .labels import IGNORE\n\n\ndef f():\n    from .stages.runner import run\n")
+    (root / "io.py").write_text("from .conventions import IGNORE\n\n\ndef f():\n    from .stages.runner import run\n")
     (root / "stages/folder.py").write_text("from ..io import f\nfrom . import runner\n")
     assert upward_imports(root) == ["wsss/io.py:5: wsss.io (floor 3) imports wsss.stages.runner (floor 10)"]
     (root / "pairs.py").write_text("from .seeds import x\n")  # same floor, another package: sideways is refused

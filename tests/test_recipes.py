@@ -14,10 +14,17 @@ from click.testing import CliRunner
 from wsss import recipes
 from wsss.cli import main
 from wsss.config import option
+from wsss.conventions import IGNORE
 from wsss.errors import ConfigError, StageError
 from wsss.io import read_json, read_mask
-from wsss.labels import IGNORE
-from wsss.recipes import STAGES, StageKind, apply_overrides, parse_recipe, pipelines_dir, resolve_recipe
+from wsss.recipes import (
+    STAGES,
+    StageKind,
+    apply_overrides,
+    parse_recipe,
+    pipelines_dir,
+    resolve_recipe,
+)
 from wsss.stages.pipeline import run_recipe
 from wsss.stages.runner import ImageResult, MethodSpec
 

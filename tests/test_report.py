@@ -26,7 +26,12 @@ from wsss.config import ThresholdConfig
 from wsss.datasets import open_dataset
 from wsss.io import read_json
 from wsss.report import find_stages, overlay, report_overlay, write_report
-from wsss.stages.runner import ImageResult, prepare_stage_dir, run_images, run_method_stage
+from wsss.stages.runner import (
+    ImageResult,
+    prepare_stage_dir,
+    run_images,
+    run_method_stage,
+)
 from wsss.stages.seeds import SEED_METHODS
 
 
@@ -242,7 +247,7 @@ def test_samples_cover_stages_over_other_splits(run_dir, tmp_path):
 
 
 def test_heatmap_cells_hold_each_stage_and_class_iou():
-    from wsss.labels import palette_for
+    from wsss.conventions import palette_for
     from wsss.report import ReportStage, per_class_iou_heatmap
 
     def stage(name, ious):

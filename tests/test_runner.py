@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from wsss.config import ThresholdConfig
+from wsss.conventions import IGNORE
 from wsss.datasets import open_dataset
 from wsss.errors import StageError
 from wsss.io import read_csv, read_mask
-from wsss.labels import IGNORE
 from wsss.seeds.threshold import threshold_seeds
 from wsss.stages.evaluate import evaluate_folder
 from wsss.stages.runner import run_method_stage

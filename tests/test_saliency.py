@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import cv2
 import numpy as np
@@ -13,11 +14,18 @@ from click.testing import CliRunner
 from wsss.cli import main
 from wsss.errors import ConfigError
 from wsss.io import read_mask, read_scores
-from wsss.seeds.saliency import (SALIENCY_CLASS_ID, SaliencyQuality, make_optimizer,
-                                 mask_targets, predict_saliency, resize_pair, saliency_seed_mask, scale_boxes,
-                                 targets_from_boxes, train_saliency)
-
-
+from wsss.seeds.saliency import (
+    SALIENCY_CLASS_ID,
+    SaliencyQuality,
+    make_optimizer,
+    mask_targets,
+    predict_saliency,
+    resize_pair,
+    saliency_seed_mask,
+    scale_boxes,
+    targets_from_boxes,
+    train_saliency,
+)
 
 
 def disc_scene(seed=0, h=60, w=80):
@@ -103,6 +111,23 @@ def test_saliency_quality_known_values():
     sal[0, 0] = 1.0
     q.add(sal, gt)
     assert q.result()["mae"] == 0
+
+
+def test_saliency_quality_foreground_iou_precision_recall_sum_pixels_over_images():
+    gt = np.zeros((10, 10), np.uint8)
+    gt[:, :4] = 3  # 40 object pixels
+    sal = np.zeros((10, 10), np.float32)
+    sal[:, 2:6] = 0.9  # 40 salient pixels, 20 of them on the object
+    q = SaliencyQuality(threshold=0.5)
+    q.add(sal, gt)
+    r = q.result()
+    assert (r["fg_iou"], r["fg_precision"], r["fg_recall"]) == (pytest.approx(100 * 20 / 60, abs=0.01), 50.0, 50.0)
+    gt2 = np.zeros((10, 10), np.uint8)
+    gt2[0, :] = 255  # ignored: left out, even though salient
+    q.add(np.ones((10, 10), np.float32), gt2)  # 90 false positives, no object
+    r = q.result()
+    assert (r["fg_iou"], r["fg_precision"], r["fg_recall"]) == (pytest.approx(100 * 20 / 150, abs=0.01),
+                                                               pytest.approx(100 * 20 / 130, abs=0.01), 50.0)
 
 
 def _train_demo(root, epochs, size=64, batch_size=8):
@@ -192,6 +217,8 @@ SMALL = ["--input-size", "64", "--epochs", "6", "--batch-size", "3"]
 
 @pytest.mark.slow
 def test_saliency_stage_cli_end_to_end(demo_root, tmp_path):
+    from wsss.datasets import open_dataset
+
     runner = CliRunner()
     run = tmp_path / "run"
     res = runner.invoke(main, ["seeds", "--method", "saliency", "--dataset", str(demo_root), "--split", "train",
@@ -215,6 +242,15 @@ def test_saliency_stage_cli_end_to_end(demo_root, tmp_path):
     assert np.abs(png / 255.0 - scores[0]).max() < 0.01
     assert set(np.unique(read_mask(stage / "masks" / f"{first}.png"))) <= {0, 1, 2, 3, 4, 5, 255}
     assert len(list((stage / "targets").glob("*.png"))) == 9
+    info = json.loads((stage / "stage.json").read_text())
+    # trained on the boxes of the very images it labels: recorded (not tag-only), and the maps' quality vs the GT
+    assert info["saliency_training"]["labelled_images_seen_in_training"] == 9
+    q = info["saliency_quality"]
+    ref = SaliencyQuality()
+    for row in manifest:
+        ref.add(cv2.imread(str(stage / "saliency" / f"{row['image_id']}.png"), cv2.IMREAD_UNCHANGED) / 255.0,
+                open_dataset(demo_root, "train").load_gt(row["image_id"]))
+    assert q["images"] == 9 and q["fg_iou"] == ref.result()["fg_iou"] and 0 < q["fg_iou"] <= 100
 
     # re-running resumes everything (training complete, images finished)
     res = runner.invoke(main, ["seeds", "--method", "saliency", "--dataset", str(demo_root), "--split", "train",
@@ -229,8 +265,10 @@ def test_saliency_stage_cli_end_to_end(demo_root, tmp_path):
     assert res.exit_code == 0, res.output
     val_stage = tmp_path / "val" / "seeds" / "saliency"
     assert not (val_stage / "checkpoint.pt").exists() and not (val_stage / "targets").exists()
+    val_info = json.loads((val_stage / "stage.json").read_text())
+    assert val_info["saliency_training"]["labelled_images_seen_in_training"] == 0  # trained on train, labels val
+    assert val_info["saliency_quality"]["images"] == 3
     val_scores, _ = read_scores(val_stage / "scores" / "demo_0011.npz")
-    from wsss.datasets import open_dataset
     from wsss.stages.saliency import load_saliency_net
 
     s = open_dataset(demo_root, "val").load("demo_0011")

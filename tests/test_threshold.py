@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wsss.labels import IGNORE
+from wsss.conventions import IGNORE
 from wsss.seeds.threshold import foreground_mask, paint_boxes, threshold_seeds
 
 

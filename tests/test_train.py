@@ -18,10 +18,9 @@ from wsss.config import PredictConfig, TrainConfig
 from wsss.datasets import open_dataset
 from wsss.errors import StageError, UnsafeFileError
 from wsss.io import read_csv, read_json, read_mask
-from wsss.pairs import MaskPairs, ResumableSampler
-from wsss.stages.train import run_train
-from wsss.pairs import augment_pair
+from wsss.pairs import MaskPairs, ResumableSampler, augment_pair
 from wsss.runtime import load_checkpoint, poly_lr
+from wsss.stages.train import run_train
 
 TINY = dict(backbone="resnet18", batch_size=2, crop_size=32, checkpoint_every=2, loader_workers=0)
 
@@ -103,7 +102,7 @@ DDP_SCRIPT = textwrap.dedent("""
     from wsss.config import TrainConfig
     from wsss.datasets import open_dataset
     from wsss.stages.train import run_train
-    import wsss.train as T
+    import wsss.trainers.segmentation as T
 
     captured = {}
     original = T.train_model
@@ -215,8 +214,8 @@ def test_cli_errors(demo_root, tmp_path):
 
 def test_mask_pairs_refuse_wrong_labels(demo_root, tmp_path):
     from wsss.errors import DatasetError
-    from wsss.io import write_mask
     from wsss.folders import StageFolder
+    from wsss.io import write_mask
 
     (tmp_path / "masks").mkdir()
     write_mask(tmp_path / "masks" / "other.png", np.zeros((4, 4), np.uint8))
@@ -284,7 +283,7 @@ def test_a_diverging_loss_stops_training_with_the_fix(demo_root, tmp_path):
 
 def test_adamw_keeps_the_head_at_its_multiple():
     from wsss.models import build_model
-    from wsss.train import make_optimizer
+    from wsss.trainers.segmentation import make_optimizer
 
     model = build_model("deeplabv2", num_classes=3, backbone="resnet18")
     opt = make_optimizer(model, lr=1e-4, head_lr_mult=10.0, momentum=0.9, weight_decay=0.01, optimizer="adamw")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-
 BACKBONE_HELP = ("model backbone: efficientnet_lite0/1/2 (ImageNet weights installed with wsss), resnet18/34/50/101/152 "
                  "(torchvision) or vgg16 (the LargeFOV models); auto = efficientnet_lite0 for a model that takes a "
                  "backbone, else the model's own encoder (FCN, SegNet, U-Net); the papers' DeepLab-v2: resnet101 "
@@ -223,11 +222,11 @@ class CamConfig:
                                        "--fg-threshold, below this is background")
     fg_threshold: typing.Optional[float] = option(
         None, "normalised CAM above this takes the arg-max class; between bg and fg is 255 (default: dense map)")
-    precision: str = option("auto", "classifier training and CAM inference precision (auto: bf16 autocast on CUDA "
-                                    "and on a CPU with native bf16, as bench/bench_cam.py measured faster; fp32 "
-                                    "elsewhere)",
-                            ("auto", "fp32", "bf16"))
-    channels_last: bool = option(True, "channels_last memory format (measured faster on CPU)")
+    channels_last: str = option("auto", "channels_last memory format for training and CAM inference (auto: on, "
+                                        "measured faster on CPU)", ("auto", "on", "off"))
+    bf16: str = option("auto", "bfloat16 autocast for classifier training and CAM inference (auto: CUDA, or a CPU "
+                               "with native bf16, where bench/bench_cam.py measured it faster; off elsewhere)",
+                       ("auto", "on", "off"))
     device: str = option("auto", "torch device (auto: cuda when available)", ("auto", "cpu", "cuda"))
 
 
@@ -273,9 +272,35 @@ def _coerce(name: str, value, annotation):
     return value
 
 
+# keys a config no longer has -> (the key now, old value -> new value): the one migration of renamed options, so
+# recipes and stage.json files written before still read (CamConfig's precision auto/fp32/bf16 and boolean
+# channels_last became the train stage's auto/on/off words)
+LEGACY_KEYS: dict[str, dict[str, tuple[str, dict]]] = {
+    "CamConfig": {"precision": ("bf16", {"auto": "auto", "fp32": "off", "bf16": "on"})},
+}
+LEGACY_BOOLS = {True: "on", False: "off", "true": "on", "false": "off", "True": "on", "False": "off"}
+
+
+def migrate_legacy(cls, values: dict) -> dict:
+    """``values`` with the legacy keys of ``cls`` renamed and their values translated (see :data:`LEGACY_KEYS`); a
+    boolean given to an auto/on/off field becomes on/off."""
+    values = dict(values)
+    for old, (new, mapping) in LEGACY_KEYS.get(cls.__name__, {}).items():
+        if old in values and new not in values:
+            value = values.pop(old)
+            values[new] = mapping.get(value, value)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("choices") == ("auto", "on", "off") and f.name in values:
+            value = values[f.name]
+            if isinstance(value, (bool, str)) and value in LEGACY_BOOLS:
+                values[f.name] = LEGACY_BOOLS[value]
+    return values
+
+
 def build_config(cls, values: dict | None = None, *, where: str = "config"):
-    """Make ``cls`` from ``values``; unknown keys and values outside the field's choices are errors."""
-    values = dict(values or {})
+    """Make ``cls`` from ``values`` (legacy keys migrated); unknown keys and values outside the field's choices are
+    errors."""
+    values = migrate_legacy(cls, values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import BACKGROUND, IGNORE
+from .conventions import BACKGROUND, IGNORE
 
 #: pairwise-term presets: DeepLab (Chen et al., VOC: w=4, xy=121, rgb=5; Gaussian w=3, xy=3), PSA/AffinityNet
 #: (Ahn & Kwak 2018: bilateral w=10, xy=80, rgb=13; Gaussian w=3, xy=3) and ``box``: DeepLab's with the bilateral

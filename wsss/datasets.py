@@ -26,16 +26,17 @@ inclusive) are converted; every box is clipped to the image; a box with no area 
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .conventions import BACKGROUND, IGNORE, builtin_classes, read_class_file
 from .errors import DatasetError, ImageError
 from .files import open_regular, read_csv_rows, read_text
 from .io import check_image_id, read_image, read_mask
-from .labels import BACKGROUND, IGNORE, builtin_classes, read_class_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -268,12 +269,12 @@ def open_dataset(path: str | Path, split: str | None = None) -> Dataset:
         classes = read_class_file(root / "classes.txt") if (root / "classes.txt").exists() else builtin_classes("voc")
         split_dir = root / "ImageSets" / "Segmentation"
         split = split or "trainval"
-        ids, problems = _read_split(split_dir / f"{split}.txt", split_dir)
+        ids, problems = read_split_spec(split, lambda name: split_dir / f"{name}.txt", split_dir)
         return Dataset(root, layout, classes, split, ids, problems)
     if layout == "camvid":
         if split is None:
             raise DatasetError(f"{root}: CamVid layout needs --split (train, val or test)")
-        ids, problems = _read_split(root / f"{split}.txt", root)
+        ids, problems = _read_split(root / f"{split}.txt", root)  # its folders are named by split: no expressions
         classes = builtin_classes("camvid")
         return Dataset(root, layout, classes, split, ids, problems, ignore_values=(len(classes),),
                        palette_name="camvid")
@@ -300,9 +301,10 @@ def open_dataset(path: str | Path, split: str | None = None) -> Dataset:
                 continue
             boxes_csv.setdefault(row[0].strip(), []).append((lineno, [c.strip() for c in row[1:]]))
     if split is not None and split != "all":
-        ids, problems = _read_split(root / "splits" / f"{split}.txt", root / "splits",
-                                    no_split_hint="; this folder layout has no splits/ folder: use --split all (every "
-                                                  "id of labels.csv), or write splits/<name>.txt with one id a line")
+        ids, problems = read_split_spec(split, lambda name: root / "splits" / f"{name}.txt", root / "splits",
+                                        no_split_hint="; this folder layout has no splits/ folder: use --split all (every "
+                                                      "id of labels.csv), or write splits/<name>.txt with one id a "
+                                                      "line")
     else:
         ids, problems = _dedupe(order, root / "labels.csv", order_lines)
         if not ids:
@@ -329,6 +331,46 @@ def _open_isbi(root: Path, split: str | None) -> Dataset:
         raise DatasetError(f"{folder}: no images for split {split!r}; expected <n>.png files")
     ids, problems = _dedupe(stems, folder)
     return Dataset(root, "isbi", ISBI_CLASSES, split, ids, problems)
+
+
+SPLIT_TERM = re.compile(r"([\w.]+)(?:\[(-?\d*):(-?\d*)(?::(-?\d*))?\])?")
+
+
+def read_split_spec(split: str, path_of, split_dir: Path, *, no_split_hint: str = "") -> tuple[list[str], list]:
+    """The ids of ``split``: the split file of that name (``path_of(name)``) when there is one, else an expression
+    over split files: ``NAME[a:b:c]`` is a Python slice of the split's ids in file order (``train[::4]``: every 4th
+    id), ``A-B`` the ids of A that are not in B. ``--saliency-split 'train[::4]'`` with ``--split
+    'train-train[::4]'`` parts one split into two disjoint ones (boxes for the saliency net, tags for the rest)."""
+    if path_of(split).exists() or not any(ch in split for ch in "[-"):
+        return _read_split(path_of(split), split_dir, no_split_hint=no_split_hint)
+    terms, pos = [], 0
+    while True:
+        m = SPLIT_TERM.match(split, pos)
+        if m is None:
+            break
+        terms.append(m)
+        pos = m.end()
+        if pos == len(split) or split[pos] != "-":
+            break
+        pos += 1
+    if not terms or pos != len(split):
+        raise DatasetError(f"{path_of(split)}: split file not found, and {split!r} is not a split expression "
+                           "(NAME, NAME[start:stop:step], A-B; e.g. 'train[::4]', 'train-train[::4]')")
+    selected = []
+    for m in terms:
+        name, a, b, c = m.groups()
+        ids, problems = _read_split(path_of(name), split_dir, no_split_hint=no_split_hint)
+        if m.group(0) != name:
+            if c not in (None, "") and int(c) == 0:
+                raise DatasetError(f"split {split!r}: a slice step of 0 selects nothing; give e.g. [::4]")
+            ids = ids[slice(*(int(v) if v not in (None, "") else None for v in (a, b, c)))]
+        selected.append((ids, problems))
+    ids, problems = selected[0]
+    excluded = {i for other, _ in selected[1:] for i in other}
+    ids = [i for i in ids if i not in excluded]
+    if not ids:
+        raise DatasetError(f"split {split!r} selects no image id; check the expression")
+    return ids, problems
 
 
 def _read_split(path: Path, split_dir: Path, *, no_split_hint: str = "") -> tuple[list[str], list[tuple[str, str]]]:

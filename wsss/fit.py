@@ -1,5 +1,5 @@
-"""The one training loop of wsss: :func:`fit` trains the CAM classifier (:mod:`wsss.train_classifier`), the saliency
-net (:func:`wsss.seeds.saliency.train_saliency`) and DeepLab / any zoo model (:func:`wsss.train.train_model`,
+"""The one training loop of wsss: :func:`fit` trains the CAM classifier (:mod:`wsss.trainers.cam_classifier`), the saliency
+net (:func:`wsss.seeds.saliency.train_saliency`) and DeepLab / any zoo model (:func:`wsss.trainers.segmentation.train_model`,
 BoxSup's rounds included); each of those is an adapter that builds the model, the batches and the checkpoint's own
 keys around it.
 
@@ -41,7 +41,13 @@ from torch import nn
 
 from .errors import StageError
 from .progress import progress as progress_bar
-from .runtime import bf16_autocast, budget_poly_lr, init_distributed, rng_state, set_rng_state
+from .runtime import (
+    bf16_autocast,
+    budget_poly_lr,
+    init_distributed,
+    rng_state,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,16 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .errors import DiskFullError, ImageError, StageError, UnsafeFileError, UnwritableError, WsssError
+from .conventions import IGNORE, palette_for
+from .errors import (
+    DiskFullError,
+    ImageError,
+    StageError,
+    UnsafeFileError,
+    UnwritableError,
+    WsssError,
+)
 from .files import MAX_PIXELS_ENV, decode_utf8, max_pixels, open_regular
-from .labels import IGNORE, palette_for
 
 # wsss refuses images above its own pixel limit (max_pixels) before decoding them, so PIL's warning for images above
 # its default limit says nothing more: keep it out of the logs.

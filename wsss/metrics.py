@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import IGNORE
+from .conventions import IGNORE
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:

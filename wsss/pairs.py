@@ -29,14 +29,14 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import DistributedSampler, Sampler
 
+from .conventions import IGNORE
 from .datasets import Dataset
 from .errors import DatasetError, ImageError, WsssError
+from .folders import StageFolder
 from .io import read_image, read_json, write_json
-from .labels import IGNORE
 from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from .models.inference import normalize_image
 from .progress import progress as progress_bar
-from .folders import StageFolder
 
 log = logging.getLogger(__name__)
 

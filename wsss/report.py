@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .conventions import IGNORE, palette_for
 from .io import read_image
-from .labels import IGNORE, palette_for
 
 
 def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:

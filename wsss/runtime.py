@@ -65,13 +65,13 @@ def cpu_has_bf16() -> bool:
 
 
 def uses_bf16(setting: str, device: torch.device, backbone: str | None = None) -> bool:
-    """Whether to run under bfloat16 autocast. ``setting``: ``on``/``bf16`` or ``off``/``fp32`` as given (the
-    train configs say on/off, the CAM config bf16/fp32); ``auto``: on CUDA; on a CPU with native bf16 unless the
-    backbone is EfficientNet-Lite, whose depthwise convolutions trained no faster in bf16 on such a CPU and went
-    to nan (bench/RESULTS.md, issue 19); off on other CPUs."""
-    if setting in ("on", "bf16"):
+    """Whether to run under bfloat16 autocast. ``setting``: ``on`` or ``off`` as given (every config's ``bf16``
+    field); ``auto``: on CUDA; on a CPU with native bf16 unless a ``backbone`` is given and is EfficientNet-Lite,
+    whose depthwise convolutions trained no faster in bf16 on such a CPU and went to nan (bench/RESULTS.md, issue
+    19; the CAM stage passes no backbone: its bf16 CAMs measured faster); off on other CPUs."""
+    if setting == "on":
         return True
-    if setting in ("off", "fp32"):
+    if setting == "off":
         return False
     if device.type == "cuda":
         return True

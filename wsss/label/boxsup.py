@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..labels import BACKGROUND, IGNORE
+from ..conventions import BACKGROUND, IGNORE
 from .candidates import Candidates
 
 PROB_FLOOR = 1e-6  # probabilities are clipped here before the log, so a confident mistake costs at most ~13.8

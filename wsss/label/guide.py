@@ -37,7 +37,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..labels import BACKGROUND, IGNORE
+from ..conventions import BACKGROUND, IGNORE
 
 
 def _check(saliency: np.ndarray | None, cams: np.ndarray, class_ids) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..labels import BACKGROUND, IGNORE
+from ..conventions import BACKGROUND, IGNORE
 
 
 def box_constrained_labels(prediction: np.ndarray, boxes: np.ndarray, *,

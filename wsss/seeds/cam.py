@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..labels import BACKGROUND, IGNORE
+from ..conventions import BACKGROUND, IGNORE
 from ..runtime import bf16_autocast
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)

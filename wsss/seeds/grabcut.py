@@ -62,7 +62,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..labels import BACKGROUND, IGNORE
+from ..conventions import BACKGROUND, IGNORE
 
 UNCERTAIN_POLICIES = ("ignore", "grabcut", "foreground", "background")
 OVERLAP_RULES = ("smaller", "confidence")

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from ..labels import BACKGROUND, IGNORE
+from ..conventions import BACKGROUND, IGNORE
 
 #: class id stored with the saliency map in ``scores/<id>.npz``: 255 = class-agnostic foreground probability.
 SALIENCY_CLASS_ID = IGNORE
@@ -227,6 +227,8 @@ class SaliencyQuality:
       mean (capped at 1); ``max_f`` averages precision and recall over images at 255 fixed thresholds and reports
       the best F over thresholds. ``f_at_threshold`` is the mean per-image F at ``threshold`` (the binarisation the
       guide labeller uses).
+    * **Foreground IoU / precision / recall** at ``threshold`` over the pixels of all images (the segmentation
+      view: salient vs object pixels, as an mIoU table counts them).
     Pixels with GT 255 are left out.
     """
 
@@ -237,6 +239,7 @@ class SaliencyQuality:
         self.precision = np.zeros(len(self.thresholds))
         self.recall = np.zeros(len(self.thresholds))
         self.mae, self.adaptive_f, self.fixed_f = [], [], []
+        self.tp = self.fp = self.fn = 0
 
     def _f(self, p: float, r: float) -> float:
         return (1 + self.beta2) * p * r / (self.beta2 * p + r) if (p + r) > 0 else 0.0
@@ -263,14 +266,25 @@ class SaliencyQuality:
             tp1 = float((binary & fg).sum())
             p = tp1 / binary.sum() if binary.any() else 0.0
             out.append(self._f(p, tp1 / n_fg))
+            if out is self.fixed_f:
+                self.tp += int(tp1)
+                self.fp += int(binary.sum()) - int(tp1)
+                self.fn += int(fg.sum()) - int(tp1)
 
     def result(self) -> dict:
         n = len(self.mae)
         if n == 0:
-            return {"images": 0, "mae": None, "max_f": None, "adaptive_f": None, "f_at_threshold": None}
+            return {"images": 0, "mae": None, "max_f": None, "adaptive_f": None, "f_at_threshold": None,
+                    "fg_iou": None, "fg_precision": None, "fg_recall": None}
         p, r = self.precision / n, self.recall / n
         f = np.array([self._f(a, b) for a, b in zip(p, r)])
         return {"images": n, "mae": round(float(np.mean(self.mae)), 4), "max_f": round(float(f.max()), 4),
                 "max_f_threshold": round(float(self.thresholds[int(f.argmax())]), 3),
                 "adaptive_f": round(float(np.mean(self.adaptive_f)), 4),
-                "f_at_threshold": round(float(np.mean(self.fixed_f)), 4), "threshold": self.threshold}
+                "f_at_threshold": round(float(np.mean(self.fixed_f)), 4), "threshold": self.threshold,
+                "fg_iou": _pct(self.tp, self.tp + self.fp + self.fn), "fg_precision": _pct(self.tp, self.tp + self.fp),
+                "fg_recall": _pct(self.tp, self.tp + self.fn)}
+
+
+def _pct(num: int, den: int) -> float | None:
+    return round(100.0 * num / den, 2) if den else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..labels import BACKGROUND, IGNORE
+from ..conventions import BACKGROUND, IGNORE
 
 
 def foreground_mask(image: np.ndarray, *, threshold: float | None = None, polarity: str = "auto",

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CandidatesConfig
+from ..conventions import BACKGROUND, IGNORE
 from ..datasets import Dataset, Sample
 from ..errors import ConfigError, ImageError, UnsafeFileError
 from ..io import write_bytes
-from ..labels import BACKGROUND, IGNORE
 from .runner import ImageResult, MethodSpec, StageSummary, run_method_stage
 
 CANDIDATE_KEYS = ("leaf_maps", "members_packed", "num_leaves", "strategy", "boxes", "areas")
@@ -106,9 +106,9 @@ class SelectiveCandidatesJob:
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         from ..config import BoxSupConfig
+        from ..conventions import palette_for
         from ..label.boxsup import initial_selection, labels_from_selection
         from ..label.candidates import generate_candidates
-        from ..labels import palette_for
 
         kwargs = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "sheets"}
         kwargs["scales"] = kwargs.pop("felzenszwalb_scales")

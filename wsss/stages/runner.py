@@ -35,14 +35,24 @@ import numpy as np
 
 from .. import __version__
 from ..config import config_hash, config_to_dict
+from ..conventions import IGNORE, palette_for
 from ..datasets import Dataset, Sample
 from ..errors import DiskFullError, ImageError, StageError, UnwritableError, WsssError
-from ..io import (make_dirs, read_json, read_mask, remove_stale_temp_files, write_csv, write_jpeg, write_json,
-                  write_mask, write_png, write_scores)
-from ..labels import IGNORE, palette_for
+from ..folders import StageFolder
+from ..io import (
+    make_dirs,
+    read_json,
+    read_mask,
+    remove_stale_temp_files,
+    write_csv,
+    write_jpeg,
+    write_json,
+    write_mask,
+    write_png,
+    write_scores,
+)
 from ..metrics import confusion_matrix, scores_from_confusion
 from ..progress import progress
-from ..folders import StageFolder
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +372,8 @@ class MethodSpec:
     saliency) and must be resumable from what it leaves in ``stage_dir``. ``upstream`` names the upstream stage
     folders the method reads (e.g. ``("seeds",)``), ``optional_upstream`` those it may read (a recipe maps them
     under ``inputs``; the CLI gives them as options), ``torch_threads`` caps torch's threads in pool workers.
+    ``finish(config, stage_dir=..., dataset=...)`` returns more ``stage.json`` entries computed from the finished
+    folder (e.g. the saliency maps' foreground quality).
     """
 
     config_cls: type
@@ -371,6 +383,7 @@ class MethodSpec:
     upstream: tuple[str, ...] = ()
     optional_upstream: tuple[str, ...] = ()
     torch_threads: int | None = None
+    finish: Callable[..., dict] | None = None
 
 
 def run_method_stage(stage: str, method: str, spec: MethodSpec, config, dataset: Dataset, run_dir: Path, *,
@@ -381,6 +394,11 @@ def run_method_stage(stage: str, method: str, spec: MethodSpec, config, dataset:
     prepare_stage_dir(stage_dir, stage=stage, method=method, config=config, dataset=dataset, upstream=upstream,
                       overwrite=overwrite)
     job = spec.make_job(config, stage_dir=stage_dir, dataset=dataset, upstream=upstream or {}, workers=workers)
-    return run_images(stage_dir, dataset=dataset, job=job, upstream=upstream, workers=workers,
-                      writes_scores=spec.writes_scores, overlays=overlays, torch_threads=spec.torch_threads,
-                      desc=f"{stage}/{method}")
+    summary = run_images(stage_dir, dataset=dataset, job=job, upstream=upstream, workers=workers,
+                         writes_scores=spec.writes_scores, overlays=overlays, torch_threads=spec.torch_threads,
+                         desc=f"{stage}/{method}")
+    if spec.finish is not None and dist_info()[0] == 0:
+        info = read_json(stage_dir / "stage.json")
+        info.update(spec.finish(config, stage_dir=stage_dir, dataset=dataset))
+        write_json(stage_dir / "stage.json", info)
+    return summary

@@ -72,7 +72,12 @@ def _training_set(config: SaliencyConfig, dataset: Dataset) -> Dataset:
 
 def prepare_training_data(config: SaliencyConfig, train_set: Dataset, stage_dir: Path):
     """Images resized to ``input_size`` and their targets (cached in ``targets/``); skips unusable images."""
-    from ..seeds.saliency import mask_targets, resize_pair, scale_boxes, targets_from_boxes
+    from ..seeds.saliency import (
+        mask_targets,
+        resize_pair,
+        scale_boxes,
+        targets_from_boxes,
+    )
 
     size = config.input_size
     images, targets, skipped, any_box = [], [], [], False
@@ -188,12 +193,63 @@ class SaliencyJob:
         return _NETS[key]
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
-        from ..seeds.saliency import SALIENCY_CLASS_ID, predict_saliency, saliency_seed_mask, saliency_to_png
+        from ..seeds.saliency import (
+            SALIENCY_CLASS_ID,
+            predict_saliency,
+            saliency_seed_mask,
+            saliency_to_png,
+        )
 
         sal = predict_saliency(self.net(), sample.image, input_size=self.config.input_size, flip=self.config.flip)
         mask = saliency_seed_mask(sal, sample.image_labels, saliency_threshold=self.config.saliency_threshold)
         return ImageResult(mask, scores=sal[None], class_ids=np.array([SALIENCY_CLASS_ID]),
                            pngs={"saliency": saliency_to_png(sal)})
+
+
+def saliency_stage_info(config: SaliencyConfig, *, stage_dir: Path, dataset: Dataset) -> dict:
+    """``stage.json`` entries of a finished saliency stage:
+
+    * ``saliency_training``: the images the net learned from (dataset, split, count) and how many of the images this
+      stage labels are among them: a tag-only chain needs 0 (train it on another split or dataset with
+      ``--saliency-split`` / ``--saliency-data``); a warning says so otherwise;
+    * ``saliency_quality`` (when the dataset has GT): the maps as foreground vs background against the GT's object
+      pixels (:class:`~wsss.seeds.saliency.SaliencyQuality`: foreground IoU / precision / recall at
+      ``--saliency-threshold``, MAE, F-measures), read back from ``saliency/<id>.png``.
+    """
+    from ..datasets import open_dataset
+    from ..io import read_csv
+    from ..seeds.saliency import SaliencyQuality
+
+    stage_dir = Path(stage_dir)
+    state = read_saliency_checkpoint(config.checkpoint or stage_dir / FINAL)
+    training = {"dataset": state.get("train_set"), "split": state.get("train_split"),
+                "images": state.get("train_images"), "labelled_images_seen_in_training": None}
+    if state.get("train_set") and Path(str(state["train_set"])).resolve() == Path(dataset.root).resolve():
+        split = state.get("train_split")
+        seen = set(open_dataset(dataset.root, None if split in (None, "None") else str(split)).ids)
+        overlap = len(seen & set(dataset.ids))
+        training["labelled_images_seen_in_training"] = overlap
+        if overlap:
+            log.warning("%s: the saliency net learned from the boxes of %d of the %d images it labels: a chain "
+                        "fed by it is not tag-only; train it on another split or dataset (--saliency-split / "
+                        "--saliency-data)", stage_dir, overlap, len(dataset.ids))
+    elif state.get("train_set"):
+        training["labelled_images_seen_in_training"] = 0  # another dataset
+    quality = SaliencyQuality(threshold=config.saliency_threshold)
+    for row in read_csv(stage_dir / "manifest.csv"):
+        path = stage_dir / "saliency" / f"{row['image_id']}.png"
+        if row.get("status") != "ok" or dataset.gt_path(row["image_id"]) is None or not path.exists():
+            continue
+        try:
+            gt = dataset.load_gt(row["image_id"])
+        except ImageError as exc:
+            log.warning("saliency quality leaves out %s: %s", row["image_id"], exc)
+            continue
+        saliency = read_mask(path).astype(np.float32) / 255.0
+        if saliency.shape == gt.shape:
+            quality.add(saliency, gt)
+    result = quality.result()
+    return {"saliency_training": training, "saliency_quality": result if result["images"] else None}
 
 
 def make_saliency_job(config: SaliencyConfig, *, stage_dir, dataset: Dataset, workers: int = 1, **_) -> SaliencyJob:

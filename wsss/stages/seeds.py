@@ -5,7 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import BoxConfig, CamConfig, GrabCutConfig, SaliencyConfig, ThresholdConfig
+from ..config import (
+    BoxConfig,
+    CamConfig,
+    GrabCutConfig,
+    SaliencyConfig,
+    ThresholdConfig,
+)
 from ..datasets import Sample
 from .runner import ImageResult, MethodSpec
 
@@ -51,8 +57,8 @@ class GrabCutJob:
         import os
 
         from ..errors import ImageError
-        from ..seeds.grabcut import grabcut_seeds
         from ..folders import StageFolder
+        from ..seeds.grabcut import grabcut_seeds
 
         options = dataclasses.asdict(self.config)
         del options["agree"]
@@ -106,6 +112,32 @@ def _boxes_or_error(sample: Sample):
     return sample.boxes
 
 
+def _cam_info(config, *, stage_dir, dataset) -> dict:
+    """``stage.json``'s ``training`` entry of a CAM stage that trained its classifier: epochs, images seen, seconds,
+    throughput and the last epoch's loss, from ``train_log.csv`` (a ``--checkpoint`` stage names the classifier)."""
+    from ..io import read_csv
+    from ..trainers.cam_classifier import TRAIN_LOG
+
+    log_path = stage_dir / TRAIN_LOG
+    if config.checkpoint or not log_path.exists():
+        return {"training": {"classifier": str(config.checkpoint), "trained_here": False}}
+    rows = read_csv(log_path)
+    if not rows:
+        return {"training": {"trained_here": True, "epochs": 0}}
+    seconds = float(rows[-1]["train_seconds"])
+    images = sum(int(r["images"]) for r in rows)
+    return {"training": {"trained_here": True, "train_split": config.train_split or dataset.split,
+                         "epochs": len(rows), "images_seen": images, "seconds": round(seconds, 1),
+                         "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
+                         "last_loss": float(rows[-1]["mean_loss"]), "log": TRAIN_LOG}}
+
+
+def _saliency_info(config, **kwargs):
+    from .saliency import saliency_stage_info
+
+    return saliency_stage_info(config, **kwargs)
+
+
 def _saliency_job(config, **kwargs):
     from .saliency import make_saliency_job
 
@@ -131,9 +163,9 @@ class CamJob:
 
         import torch
 
+        from ..runtime import pick_device, resolve_speed
         from ..seeds.cam import prepare_for_inference
-        from ..runtime import pick_device
-        from ..train_classifier import load_classifier
+        from ..trainers.cam_classifier import load_classifier
 
         device = pick_device(self.config.device)
         mtime = os.path.getmtime(self.checkpoint) if os.path.exists(self.checkpoint) else None
@@ -143,19 +175,21 @@ class CamJob:
                 torch.set_num_threads(self.threads)
             model = load_classifier(self.checkpoint, num_classes=self.num_classes, device=device)
             _CAM_MODELS.clear()
-            _CAM_MODELS[key] = prepare_for_inference(model, channels_last=self.config.channels_last)
+            channels_last = resolve_speed(self.config.channels_last, device, "channels_last")
+            _CAM_MODELS[key] = prepare_for_inference(model, channels_last=channels_last)
         return _CAM_MODELS[key], device
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         import numpy as np
 
-        from ..runtime import uses_bf16
+        from ..runtime import resolve_speed, uses_bf16
         from ..seeds.cam import cam_seed_mask, multiscale_cam
 
         model, device = self.model()
-        bf16 = uses_bf16(self.config.precision, device)
+        bf16 = uses_bf16(self.config.bf16, device)
         cams, class_ids = multiscale_cam(model, sample.image, sample.image_labels, scales=self.config.scales,
-                                         flip=self.config.flip, bf16=bf16, channels_last=self.config.channels_last)
+                                         flip=self.config.flip, bf16=bf16,
+                                         channels_last=resolve_speed(self.config.channels_last, device, "channels_last"))
         cams = cams.astype(np.float16).astype(np.float32)  # as stored: the kept scores reproduce the mask exactly
         mask = cam_seed_mask(cams, class_ids, bg_threshold=self.config.bg_threshold,
                              fg_threshold=self.config.fg_threshold)
@@ -168,7 +202,7 @@ def _cam_job(config, *, stage_dir, dataset, workers=1, **_):
 
     from ..datasets import open_dataset
     from ..errors import ConfigError
-    from ..train_classifier import train_classifier
+    from ..trainers.cam_classifier import train_classifier
 
     if config.fg_threshold is not None and config.fg_threshold < config.bg_threshold:
         raise ConfigError(f"--fg-threshold {config.fg_threshold} is below --bg-threshold {config.bg_threshold}; "
@@ -189,7 +223,7 @@ def _cam_job(config, *, stage_dir, dataset, workers=1, **_):
 
 SEED_METHODS: dict[str, MethodSpec] = {
     "cam": MethodSpec(CamConfig, _cam_job, "class activation maps of a GAP classifier trained on the tags",
-                      writes_scores=True),
+                      writes_scores=True, finish=_cam_info),
     "box": MethodSpec(BoxConfig, lambda config, **_: BoxFillJob(config),
                       "plain box fill, smaller boxes over larger (the box baseline)"),
     "grabcut": MethodSpec(GrabCutConfig, _grabcut_job,
@@ -198,5 +232,6 @@ SEED_METHODS: dict[str, MethodSpec] = {
                           writes_scores=True, optional_upstream=("agree",)),
     "threshold": MethodSpec(ThresholdConfig, _threshold_job, "Otsu / fixed grey-level threshold, classes from tags"),
     "saliency": MethodSpec(SaliencyConfig, _saliency_job, "class-agnostic saliency net trained on GrabCut-from-box "
-                           "targets (Oh et al. 2017); masks: salient = the tag if one, else 255", writes_scores=True),
+                           "targets (Oh et al. 2017); masks: salient = the tag if one, else 255", writes_scores=True,
+                           finish=_saliency_info),
 }

@@ -23,8 +23,8 @@ from pathlib import Path
 from ..config import TrainConfig, config_to_dict
 from ..datasets import Dataset
 from ..errors import ConfigError, StageError, WsssError
-from ..io import read_json, write_json
 from ..folders import StageFolder
+from ..io import read_json, write_json
 from .runner import prepare_stage_dir
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,14 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     from ..models import MODELS, build_model, resolve_backbone
     from ..models.inference import input_normalisation
     from ..pairs import CHECK_CACHE, MaskPairs
-    from ..runtime import CHECKPOINT, dist_env, load_checkpoint, pick_device, resolve_speed
-    from ..train import train_model
+    from ..runtime import (
+        CHECKPOINT,
+        dist_env,
+        load_checkpoint,
+        pick_device,
+        resolve_speed,
+    )
+    from ..trainers.segmentation import train_model
 
     if model_name not in MODELS:
         raise ConfigError(f"--model {model_name!r}: choose one of {', '.join(sorted(MODELS))}")

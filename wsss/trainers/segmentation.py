@@ -23,15 +23,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import WsssError
-from .fit import FitState, fit, sync_buffers, training_state
-from .fit import train_step as fit_step
-from .io import read_csv, save_checkpoint, write_csv
-from .labels import IGNORE
-from .metrics import confusion_matrix, scores_from_confusion
-from .models.inference import segment
-from .pairs import ResumableSampler
-from .runtime import CHECKPOINT, init_distributed, load_checkpoint
+from ..conventions import IGNORE
+from ..errors import WsssError
+from ..fit import FitState, fit, sync_buffers, training_state
+from ..fit import train_step as fit_step
+from ..io import read_csv, save_checkpoint, write_csv
+from ..metrics import confusion_matrix, scores_from_confusion
+from ..models.inference import segment
+from ..pairs import ResumableSampler
+from ..runtime import CHECKPOINT, init_distributed, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def make_optimizer(model: nn.Module, *, lr: float, head_lr_mult: float, momentum
                    weight_decay: float, optimizer: str = "sgd") -> torch.optim.Optimizer:
     """Two parameter groups, backbone (``lr``) and head (``lr * head_lr_mult``), for ``optimizer``: ``sgd`` (the
     paper's: momentum, L2 weight decay) or ``adamw`` (Adam with decoupled weight decay; ``momentum`` unused)."""
-    from .models import split_parameters
+    from ..models import split_parameters
 
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .config import CamConfig, config_to_dict
-from .datasets import Dataset
-from .errors import ConfigError, DatasetError, ImageError, UnsafeFileError
-from .fit import FitState, fit, training_state
-from .io import load_checkpoint, save_checkpoint, write_bytes, write_csv
-from .progress import progress
-from .runtime import pick_device
+from ..config import CamConfig, config_to_dict
+from ..datasets import Dataset
+from ..errors import ConfigError, DatasetError, ImageError, UnsafeFileError
+from ..fit import FitState, fit, training_state
+from ..io import load_checkpoint, save_checkpoint, write_bytes, write_csv
+from ..progress import progress
+from ..runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TagDataset(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, k: int):
-        from .pairs import augment_tagged
+        from ..pairs import augment_tagged
 
         sample = self.dataset.load(self.ids[k], gt=False)
         image = augment_tagged(np.asarray(sample.image), crop_size=self.config.crop_size,
@@ -76,14 +76,14 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def load_classifier(path: str | Path, *, num_classes: int | None = None, device: torch.device | str = "cpu"):
     """The trained :class:`CAMClassifier` from ``path`` in eval mode; ``num_classes`` (foreground) is checked."""
-    from .models.classifier import build_classifier
+    from ..models.classifier import build_classifier
 
     state = read_checkpoint(path)
     meta = state["meta"]
     if num_classes is not None and meta["num_classes"] != num_classes:
         raise ConfigError(f"{path}: classifier has {meta['num_classes']} foreground classes but the dataset has "
                           f"{num_classes}; use a checkpoint trained on this class list or retrain")
-    from .models.classifier import classifier_state
+    from ..models.classifier import classifier_state
 
     model = build_classifier(num_classes=meta["num_classes"], backbone=meta["backbone"],
                              output_stride=int(meta.get("output_stride", 16)))
@@ -92,7 +92,7 @@ def load_classifier(path: str | Path, *, num_classes: int | None = None, device:
 
 
 def _param_groups(model, config: CamConfig):
-    from .models.backbones import backbone_lr_scale
+    from ..models.backbones import backbone_lr_scale
 
     scale = backbone_lr_scale(config.backbone_lr_scale, config.weights, config.backbone)
     head = list(model.classifier.parameters())
@@ -139,9 +139,9 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     ``ids`` restricts training to those images (default: every id of ``dataset``). ``loader_workers`` > 0 decodes
     and augments in that many processes.
     """
-    from .models.backbones import freeze_early_layers
-    from .models.classifier import build_classifier, classifier_state
-    from .runtime import uses_bf16
+    from ..models.backbones import freeze_early_layers
+    from ..models.classifier import build_classifier, classifier_state
+    from ..runtime import resolve_speed, uses_bf16
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,8 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
         state = FitState(epoch=int(saved["epoch"]), elapsed=float(saved["train_seconds"]),
                          rows=list(saved.get("log", [])))
         log.info("%s: resuming after epoch %d", ckpt_path, state.epoch)
-    bf16 = uses_bf16(config.precision, device)  # --precision applies to training and inference alike
+    bf16 = uses_bf16(config.bf16, device)  # --bf16 applies to training and inference alike
+    channels_last = resolve_speed(config.channels_last, device, "channels_last")
     ids, skipped = usable_training_ids(dataset, ids)
     write_csv(out_dir / SKIPPED, ["image_id", "reason"], [list(s) for s in skipped])
     data = TagDataset(dataset, ids, config, (model.backbone.mean, model.backbone.std))
@@ -205,7 +206,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
 
     fit(model, optimizer, epoch_batches, F.multilabel_soft_margin_loss, lr=config.lr, epochs=config.epochs,
         steps_per_epoch=len(data) // batch, state=state, restore_from=saved, budget=budget, device=device,
-        channels_last=config.channels_last, bf16=bf16, save=save, on_epoch=on_epoch, desc="cam classifier",
+        channels_last=channels_last, bf16=bf16, save=save, on_epoch=on_epoch, desc="cam classifier",
         unit="batch", where=str(ckpt_path))
     state = read_checkpoint(ckpt_path)
     if not state.get("complete"):  # the budget was spent before this run started: mark the schedule finished
