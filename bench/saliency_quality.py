@@ -5,7 +5,11 @@
 Scores the stage's maps (``scores/<id>.npz``) next to two trivial maps measured on the same images: a constant map
 (the split's mean foreground share) and a centre prior (a Gaussian bump, sigma = 1/4 of each side). With
 ``--targets`` it also scores the stage's cached GrabCut training targets (``targets/<id>.png``, 255 -> 0.5) on
-the training split they were made for.
+the training split they were made for. ``--reference STAGE`` scores another stage's masks on the same images as a
+binary map (labelled object = 1, background = 0, 255 = 0.5), e.g. box GrabCut seeds, the box-supervised reference
+the tag-only saliency is compared with:
+
+    python bench/saliency_quality.py RUN/seeds/saliency --dataset D --split val --reference RUN_VAL/seeds/grabcut
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wsss.datasets import open_dataset  # noqa: E402
+from wsss.folders import StageFolder  # noqa: E402
 from wsss.io import read_mask  # noqa: E402
 from wsss.seeds.saliency import SaliencyQuality  # noqa: E402
-from wsss.folders import StageFolder  # noqa: E402
 
 
 def centre_prior(shape) -> np.ndarray:
@@ -38,6 +42,8 @@ def main() -> None:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--split", default="val")
     ap.add_argument("--threshold", type=float, default=0.5, help="binarisation threshold reported as f_at_threshold")
+    ap.add_argument("--reference", default=None, metavar="STAGE",
+                    help="also score this mask stage folder's masks as a binary saliency map on the same images")
     ap.add_argument("--targets", default=None, metavar="SPLIT",
                     help="also score the stage's cached training targets on this split")
     args = ap.parse_args()
@@ -53,6 +59,16 @@ def main() -> None:
         centre.add(centre_prior(gt.shape), gt)
     out = {"stage": args.stage, "split": args.split, "images": len(gts), "saliency": learned.result(),
            "trivial_constant": constant.result(), "trivial_centre_prior": centre.result()}
+    if args.reference:
+        ref_folder = StageFolder.open(args.reference)
+        q = SaliencyQuality(threshold=args.threshold)
+        for image_id, gt in gts.items():
+            if not ref_folder.has(image_id):
+                continue
+            mask = ref_folder.mask(image_id)
+            binary = np.where(mask == 255, 0.5, (mask > 0).astype(np.float32)).astype(np.float32)
+            q.add(binary, gt)
+        out["reference"] = {"stage": args.reference, **q.result()}
     if args.targets:
         train = open_dataset(args.dataset, args.targets)
         q = SaliencyQuality(threshold=args.threshold)

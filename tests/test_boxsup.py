@@ -7,8 +7,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-from wsss.label.boxsup import (NO_CANDIDATE, best_box_fit, box_iou, candidate_costs, image_rng, initial_selection,
-                               labels_from_selection, select_candidates, update_selection)
+from wsss.label.boxsup import (
+    NO_CANDIDATE,
+    best_box_fit,
+    box_iou,
+    candidate_costs,
+    image_rng,
+    initial_selection,
+    labels_from_selection,
+    select_candidates,
+    update_selection,
+)
 from wsss.label.candidates import Candidates, candidates_from_masks, generate_candidates
 
 
@@ -139,6 +148,26 @@ def test_round_settings_hash_only_what_a_round_depends_on():
     assert round_settings(base, 0, labels=True) != round_settings(other_initial, 0, labels=True)
     assert round_settings(base, 1, labels=False) != round_settings(other_initial, 1, labels=False)
     assert "boxsup_rounds" not in round_settings(base, 2, labels=True)
+    # the round network's training config is part of what a round's training and later labels depend on
+    faster = dataclasses.replace(base, train=dataclasses.replace(base.train, output_stride=16))
+    assert round_settings(base, 1, labels=False) != round_settings(faster, 1, labels=False)
+    assert round_settings(base, 0, labels=True) == round_settings(faster, 0, labels=True)
+
+
+def test_boxsup_config_nests_the_train_config_and_takes_its_keys_flat():
+    from wsss.config import BoxSupConfig, TrainConfig, build_config
+    from wsss.errors import ConfigError
+
+    assert isinstance(BoxSupConfig().train, TrainConfig) and BoxSupConfig().train.iterations == 2000
+    assert BoxSupConfig().train == dataclasses.replace(TrainConfig(), iterations=2000)
+    c = build_config(BoxSupConfig, {"iterations": 5, "optimizer": "adamw", "max_minutes": 3, "top_k": 2})
+    assert (c.train.iterations, c.train.optimizer, c.train.max_minutes, c.top_k) == (5, "adamw", 3.0, 2)
+    assert c.train.lr == TrainConfig().lr  # the rest keep their defaults
+    assert build_config(BoxSupConfig, dataclasses.asdict(c)) == c  # stage.json's nested form reads back
+    with pytest.raises(ConfigError, match="unknown key.*'seed'"):
+        build_config(BoxSupConfig, {"seed": 3})  # rounds are seeded by --boxsup-seed
+    with pytest.raises(ConfigError, match="choose one of sgd, adamw"):
+        build_config(BoxSupConfig, {"optimizer": "adam"})
 
 
 def _one_hot_probs(labels, k, eps=1e-3):
@@ -330,12 +359,11 @@ def test_bad_inputs_raise():
 
 # ------------------------------------------------------------------------------------------- stages
 def test_candidates_stage_writes_npz_sheets_and_initial_labels(demo_root, tmp_path):
-    from wsss.config import CandidatesConfig
+    from wsss.config import BoxSupConfig, CandidatesConfig
     from wsss.datasets import open_dataset
-    from wsss.config import BoxSupConfig
+    from wsss.folders import StageFolder
     from wsss.label.boxsup import initial_selection, labels_from_selection
     from wsss.stages.candidates import read_candidates, run_candidates
-    from wsss.folders import StageFolder
 
     ds = open_dataset(demo_root, "train")
     config = CandidatesConfig(sheets=2)
@@ -372,20 +400,20 @@ def test_read_candidates_refuses_foreign_files(tmp_path):
 
 
 def _tiny_boxsup(**kw):
-    from wsss.config import BoxSupConfig
+    from wsss.config import BoxSupConfig, build_config
 
     base = dict(boxsup_rounds=1, model="deeplabv2", backbone="resnet18", iterations=2, batch_size=2, crop_size=32,
                 lr=1e-3, top_k=2, device="cpu", balanced_ce=True)
     base.update(kw)
-    return BoxSupConfig(**base)
+    return build_config(BoxSupConfig, base)  # the round network's training keys go into config.train
 
 
 @pytest.mark.slow
 def test_boxsup_rounds_write_evaluable_folders_and_resume(demo_root, tmp_path):
     from wsss.datasets import open_dataset
+    from wsss.folders import StageFolder
     from wsss.io import read_json
     from wsss.stages.boxsup import run_boxes_guide
-    from wsss.folders import StageFolder
 
     ds = open_dataset(demo_root, "train")
     summary, rounds = run_boxes_guide(_tiny_boxsup(val_split="val", predict_scales=(0.5,)), ds, tmp_path, workers=1)
@@ -422,8 +450,8 @@ def test_boxsup_rounds_write_evaluable_folders_and_resume(demo_root, tmp_path):
 @pytest.mark.slow
 def test_adding_a_round_or_changing_the_update_reuses_round_one_and_warm_starts(demo_root, tmp_path):
     from wsss.datasets import open_dataset
-    from wsss.stages.boxsup import run_boxsup_rounds
     from wsss.runtime import load_checkpoint
+    from wsss.stages.boxsup import run_boxsup_rounds
 
     ds = open_dataset(demo_root, "train")
     run_boxsup_rounds(_tiny_boxsup(), ds, tmp_path)
@@ -444,8 +472,8 @@ def test_adding_a_round_or_changing_the_update_reuses_round_one_and_warm_starts(
                       overwrite=True)
     assert ckpt1.stat().st_mtime == mtime and ckpt2.stat().st_mtime_ns != mtime2
     # the gate at 0 (a network no better than chance) with a keep margin above the tie tolerance: round 0's labels
-    from wsss.stages.boxsup import BoxSupRoundJob
     from wsss.folders import StageFolder
+    from wsss.stages.boxsup import BoxSupRoundJob
 
     r0 = StageFolder.open(tmp_path / "labels" / "boxes_r0")
     cfg = _tiny_boxsup(keep_margin=0.3, boxsup_lambda=5.0)
@@ -494,8 +522,8 @@ def test_cli_label_guide_boxes_initial_round(demo_root, tmp_path):
     from click.testing import CliRunner
 
     from wsss.cli import main
-    from wsss.io import read_json
     from wsss.folders import StageFolder
+    from wsss.io import read_json
 
     run = tmp_path / "run"
     args = ["label", "--guide", "boxes", "--boxsup-rounds", "0", "--dataset", str(demo_root), "--split", "val",

@@ -276,12 +276,15 @@ def test_cam_stage_cli_resume_checkpoint_and_sweep(demo_root, tmp_path):
     res = runner.invoke(main, args)
     assert res.exit_code == 0 and f"0 written, {len(dataset.ids)} resumed" in res.output
     assert (stage / "classifier.pt").stat().st_mtime_ns == mtime
-    # --checkpoint: no training in the new run, seeds with an unsure band
+    # --checkpoint: no training in the new run, seeds with an unsure band; 2 workers cap the workers' torch threads,
+    # never this process's (a recipe's later training would run on one thread)
     run2 = tmp_path / "run2"
+    threads = torch.get_num_threads()
     res = runner.invoke(main, ["seeds", "--method", "cam", "--dataset", str(demo_root), "--run", str(run2),
                                "--checkpoint", str(stage / "classifier.pt"), "--scales", "1.0,0.5",
-                               "--bg-threshold", "0.1", "--fg-threshold", "0.5"])
+                               "--bg-threshold", "0.1", "--fg-threshold", "0.5", "--workers", "2"])
     assert res.exit_code == 0, res.output
+    assert torch.get_num_threads() == threads
     assert not (run2 / "seeds" / "cam" / "classifier.pt").exists()
     for image_id in dataset.ids[:4]:
         scores, ids = read_scores(run2 / "seeds" / "cam" / "scores" / f"{image_id}.npz")

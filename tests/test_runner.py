@@ -140,3 +140,20 @@ def test_resume_survives_a_relative_path_and_a_grown_split(demo_copy, tmp_path, 
     monkeypatch.chdir(demo_copy.parent)
     summary = _run(open_dataset("data", "train"), tmp_path / "run")
     assert summary.skipped == 4 and summary.done == len(full.split()) - 4
+
+
+def test_the_torch_device_stays_out_of_a_stage_folders_config_hash(demo_root, tmp_path):
+    from wsss.config import BoxSupConfig, CamConfig, SelfTrainConfig, hashed_dict
+    from wsss.datasets import open_dataset
+    from wsss.stages.runner import prepare_stage_dir
+
+    for cls in (CamConfig, SelfTrainConfig, BoxSupConfig):
+        assert hashed_dict(cls(device="cpu")) == hashed_dict(cls()) and "device" not in hashed_dict(cls())
+    assert hashed_dict(BoxSupConfig())["train"]["iterations"] == 2000  # a nested config is hashed field by field
+    ds = open_dataset(demo_root, "train")
+    stage = tmp_path / "seeds" / "cam"
+    a = prepare_stage_dir(stage, stage="seeds", method="cam", config=CamConfig(device="cpu"), dataset=ds)
+    b = prepare_stage_dir(stage, stage="seeds", method="cam", config=CamConfig(device="auto"), dataset=ds)
+    assert a == b  # the folder made on the CPU resumes under --device auto
+    with pytest.raises(StageError, match="another config"):
+        prepare_stage_dir(stage, stage="seeds", method="cam", config=CamConfig(bg_threshold=0.3), dataset=ds)

@@ -6,7 +6,6 @@ YAML recipes and ``stage.json`` share one set of names and defaults.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import logging
@@ -18,7 +17,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import build_config
+from .config import build_config, flat_fields
 from .errors import WsssError
 
 log = logging.getLogger("wsss")
@@ -39,14 +38,13 @@ def method_options(registry: dict):
     fields: dict[str, tuple] = {}
     merged_choices: dict[str, tuple | None] = {}
     for method, spec in registry.items():
-        hints = typing.get_type_hints(spec.config_cls)
-        for f in dataclasses.fields(spec.config_cls):
-            entry = fields.setdefault(f.name, (f, hints[f.name], []))
-            entry[2].append(f"{method}={f.default!r}" if f.default is not None else method)
+        for name, f, hint, default in flat_fields(spec.config_cls):  # a nested config's keys come flat
+            entry = fields.setdefault(name, (f, hint, []))
+            entry[2].append(f"{method}={default!r}" if default is not None else method)
             # shared names: the union of the methods' choices (build_config checks the chosen method's own)
             own = f.metadata.get("choices")
-            merged_choices[f.name] = (None if own is None or merged_choices.get(f.name, ()) is None
-                                      else tuple(dict.fromkeys((*merged_choices.get(f.name, ()), *own))))
+            merged_choices[name] = (None if own is None or merged_choices.get(name, ()) is None
+                                    else tuple(dict.fromkeys((*merged_choices.get(name, ()), *own))))
 
     def decorate(fn):
         for name, (f, hint, methods) in sorted(fields.items(), reverse=True):
@@ -67,7 +65,7 @@ def method_options(registry: dict):
 def pick_config(registry: dict, method: str, options: dict):
     """The chosen method's config from the options the user gave; an option of another method is an error."""
     spec = registry[method]
-    own = {f.name for f in dataclasses.fields(spec.config_cls)}
+    own = {name for name, *_ in flat_fields(spec.config_cls)}
     given = {k: v for k, v in options.items() if v is not None}
     foreign = sorted(k for k in given if k not in own)
     if foreign:

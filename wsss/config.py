@@ -26,10 +26,14 @@ WEIGHTS_HELP = ("backbone init: auto = ImageNet where the weights install with w
 WEIGHTS_WORDS = ("auto", "imagenet", "none", "random")
 
 
-def option(default, help: str, choices: tuple | None = None, *, or_file: tuple | None = None):
+def option(default, help: str, choices: tuple | None = None, *, or_file: tuple | None = None, hashed: bool = True):
     """A config field with its CLI help (and allowed values). ``or_file``: the words the field takes besides the
-    path of an existing file (checked when the config is built, before any stage folder is made)."""
+    path of an existing file (checked when the config is built, before any stage folder is made). ``hashed=False``:
+    the field does not change what the stage makes (e.g. the torch device), so it stays out of the stage folder's
+    config hash (:func:`hashed_dict`) and a folder resumes under another value."""
     meta = {"help": help}
+    if not hashed:
+        meta["hashed"] = False
     if choices is not None:
         meta["choices"] = tuple(choices)
     if or_file is not None:
@@ -37,6 +41,35 @@ def option(default, help: str, choices: tuple | None = None, *, or_file: tuple |
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults in frozen configs")
     return field(default=default, metadata=meta)
+
+
+def nested(cls_name: str, help: str, *, exclude: tuple[str, ...] = (), **defaults):
+    """A config field holding another config (``cls_name``, a class of this module), e.g. BoxSup's round training
+    (a :class:`TrainConfig`). Its keys are given flat, as CLI flags and recipe keys (``--iterations``,
+    ``boxsup.iterations=...``), or as a mapping under the field's name (``stage.json``); :func:`build_config` routes
+    them. ``defaults`` override the nested class's own; ``exclude``: its keys the owner sets itself (refused)."""
+
+    def make():
+        return globals()[cls_name](**defaults)
+
+    return field(default_factory=make, metadata={"help": help, "nested": cls_name, "exclude": tuple(exclude)})
+
+
+def flat_fields(cls) -> list[tuple[str, dataclasses.Field, object, object]]:
+    """``(key, field, type hint, default)`` of every key ``cls`` takes flat: its own fields, and the fields of a
+    :func:`nested` one (with the owner's defaults) in its place."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            sub_cls = globals()[f.metadata["nested"]]
+            default = f.default_factory()
+            sub_hints = typing.get_type_hints(sub_cls)
+            out += [(g.name, g, sub_hints[g.name], getattr(default, g.name)) for g in dataclasses.fields(sub_cls)
+                    if g.name not in f.metadata["exclude"]]
+        else:
+            out.append((f.name, f, hints[f.name], f.default))
+    return out
 
 
 @dataclass(frozen=True)
@@ -98,16 +131,14 @@ class BoxSupConfig:
     candidates: typing.Optional[str] = option(None, "candidates stage folder (default: RUN/candidates/selective, "
                                                     "made with default settings when missing)")
     model: str = option("deeplabv2", "segmentation model of the registry trained each round")
-    backbone: typing.Optional[str] = option("auto", BACKBONE_HELP)
-    weights: typing.Optional[str] = option("auto", WEIGHTS_HELP, or_file=WEIGHTS_WORDS)
-    iterations: int = option(2000, "training iterations per round")
-    batch_size: int = option(10, "training batch size")
-    lr: float = option(2.5e-4, "base learning rate (head x10, poly decay)")
-    crop_size: int = option(321, "square training crop (pixels)")
     val_split: typing.Optional[str] = option(None, "split with GT on which each round's network is scored")
     predict_scales: tuple[float, ...] = option((1.0,), "image scales at which the network predicts the "
                                                        "probabilities for re-selection (e.g. 0.5 on a CPU)")
-    device: str = option("auto", "torch device for training and prediction (auto: cuda when available)")
+    device: str = option("auto", "torch device for training and prediction (auto: cuda when available)",
+                         hashed=False)
+    train: "TrainConfig" = nested("TrainConfig", "the round network's training: every option of wsss train, given "
+                                                 "flat (--iterations, --lr, ...; BoxSup's default: 2000 iterations)",
+                                  exclude=("seed", "loader_workers"), iterations=2000)
 
 
 @dataclass(frozen=True)
@@ -121,7 +152,8 @@ class SelfTrainConfig:
     crf: bool = option(True, "dense CRF over the pixels left 255 (relabel ignore, box prior), as the box chain's "
                              "refine step")
     crf_preset: str = option("box", "CRF pairwise parameters (see wsss refine)", ("deeplab", "psa", "box"))
-    device: str = option("auto", "torch device for training and prediction (auto: cuda when available)")
+    device: str = option("auto", "torch device for training and prediction (auto: cuda when available)",
+                         hashed=False)
 
 
 @dataclass(frozen=True)
@@ -227,11 +259,25 @@ class CamConfig:
     bf16: str = option("auto", "bfloat16 autocast for classifier training and CAM inference (auto: CUDA, or a CPU "
                                "with native bf16, where bench/bench_cam.py measured it faster; off elsewhere)",
                        ("auto", "on", "off"))
-    device: str = option("auto", "torch device (auto: cuda when available)", ("auto", "cpu", "cuda"))
+    device: str = option("auto", "torch device (auto: cuda when available)", ("auto", "cpu", "cuda"),
+                         hashed=False)
 
 
 def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+def hashed_dict(config) -> dict:
+    """:func:`config_to_dict` without the fields declared ``hashed=False`` (also inside a :func:`nested` one): what a
+    stage folder's config hash covers."""
+    plain = dataclasses.asdict(config)
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get("hashed", True) is False:
+            continue
+        value = getattr(config, f.name)
+        out[f.name] = hashed_dict(value) if dataclasses.is_dataclass(value) else plain[f.name]
+    return out
 
 
 def config_hash(*parts) -> str:
@@ -302,14 +348,32 @@ def build_config(cls, values: dict | None = None, *, where: str = "config"):
     errors."""
     values = migrate_legacy(cls, values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, f in fields.items():
+        if not f.metadata.get("nested"):
+            continue
+        own_keys = [g.name for g in dataclasses.fields(globals()[f.metadata["nested"]])]
+        allowed = [k for k in own_keys if k not in f.metadata["exclude"]]
+        sub = values.pop(name, None) or {}  # a mapping under the field's name: stage.json, a YAML block
+        if not isinstance(sub, dict) and not dataclasses.is_dataclass(sub):
+            raise ConfigError(f"{where}: key {name!r} takes a mapping of {', '.join(allowed)}")
+        sub = dict(dataclasses.asdict(sub) if dataclasses.is_dataclass(sub) else sub)
+        sub.update({k: values.pop(k) for k in list(values) if k in allowed and k not in fields})
+        refused = sorted(k for k in sub if k in f.metadata["exclude"]
+                         and sub[k] != getattr(f.default_factory(), k))
+        if refused:
+            raise ConfigError(f"{where}: {', '.join(map(repr, refused))} of {name!r} is set by {cls.__name__} "
+                              "itself; leave it out")
+        default = dataclasses.asdict(f.default_factory())
+        kwargs[name] = build_config(globals()[f.metadata["nested"]], {**default, **sub}, where=f"{where} ({name})")
     unknown = sorted(set(values) - set(fields))
     if unknown:
+        valid = sorted(k for k, *_ in flat_fields(cls))
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
-            f"valid keys: {', '.join(sorted(fields))}"
+            f"valid keys: {', '.join(valid)}"
         )
     hints = typing.get_type_hints(cls)
-    kwargs = {}
     for name, value in values.items():
         value = _coerce(name, value, hints[name])
         choices = fields[name].metadata.get("choices")

@@ -25,13 +25,19 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import BoxSupConfig, CandidatesConfig, TrainConfig
+from ..config import BoxSupConfig, CandidatesConfig
 from ..datasets import Dataset, Sample, open_dataset
 from ..errors import ConfigError, ImageError, StageError
+from ..folders import StageFolder
 from ..io import read_json, write_json
 from .candidates import CANDIDATE_METHODS, read_candidates, unlabelled_mask
-from ..folders import StageFolder
-from .runner import ImageResult, StageSummary, prepare_stage_dir, run_images, run_method_stage
+from .runner import (
+    ImageResult,
+    StageSummary,
+    prepare_stage_dir,
+    run_images,
+    run_method_stage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,12 @@ class BoxSupRoundJob:
         return self.checkpoint is not None
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
-        from ..label.boxsup import image_rng, initial_selection, labels_from_selection, update_selection
+        from ..label.boxsup import (
+            image_rng,
+            initial_selection,
+            labels_from_selection,
+            update_selection,
+        )
 
         _open_cached(self.candidates_dir)._row(sample.id)  # failed in the candidates stage: fail, quoting its reason
         cands = read_candidates(Path(self.candidates_dir) / "candidates" / f"{sample.id}.npz")
@@ -197,7 +208,7 @@ def _check(config: BoxSupConfig) -> None:
         raise ConfigError("0 <= --min-fit <= 1, --keep-margin >= 0 and --gate-images >= 1 please")
     if not config.predict_scales or any(v <= 0 for v in config.predict_scales):
         raise ConfigError("--predict-scales: give positive scales, e.g. 1.0 or 0.5,1.0")
-    if config.iterations < 1 or config.batch_size < 1 or config.crop_size < 8:
+    if config.train.iterations < 1 or config.train.batch_size < 1 or config.train.crop_size < 8:
         raise ConfigError("--iterations and --batch-size must be >= 1 and --crop-size >= 8")
 
 
@@ -249,10 +260,9 @@ def train_round(config: BoxSupConfig, round_index: int, dataset: Dataset, labels
     from ..runtime import CHECKPOINT
     from .train import run_train
 
-    train_config = TrainConfig(backbone=config.backbone, weights=config.weights, iterations=config.iterations,
-                               batch_size=config.batch_size, lr=config.lr, crop_size=config.crop_size,
-                               seed=config.boxsup_seed + round_index,
-                               checkpoint_every=max(1, min(500, config.iterations)))
+    train_config = dataclasses.replace(config.train, seed=config.boxsup_seed + round_index,
+                                       checkpoint_every=max(1, min(config.train.checkpoint_every,
+                                                                   config.train.iterations)))
     method = f"boxsup_r{round_index}"
     stage_dir = run_dir / "train" / method
     # --overwrite keeps a round's training whose hash is unchanged (round 1 does not hash the update rule): the same

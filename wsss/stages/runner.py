@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
-from ..config import config_hash, config_to_dict
+from ..config import config_hash, config_to_dict, hashed_dict
 from ..conventions import IGNORE, palette_for
 from ..datasets import Dataset, Sample
 from ..errors import DiskFullError, ImageError, StageError, UnwritableError, WsssError
@@ -99,7 +99,7 @@ def prepare_stage_dir(stage_dir: Path, *, stage: str, method: str, config, datas
     # identity of the inputs, not their size: adding images to a split resumes instead of refusing
     identity = {"dataset": [str(Path(dataset.root).resolve()), dataset.layout, dataset.split],
                 "upstream": {k: str(Path(v.path).resolve()) for k, v in upstream.items()}}
-    digest = config_hash(stage, method, config_to_dict(config), identity)
+    digest = config_hash(stage, method, hashed_dict(config), identity)  # the torch device etc. left out
     rank, world = dist_info()
     info_path = stage_dir / "stage.json"
     if rank != 0:  # wait for rank 0 to have prepared the folder (with --overwrite: its fresh stage.json)
@@ -259,7 +259,7 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
     cm_sum = _CmSum()
     bar = dict(total=len(ids), desc=desc or stage_dir.name, unit="img")
     if workers <= 1 or len(ids) <= 1:
-        _init_worker(ctx)
+        _init_worker({**ctx, "torch_threads": None})  # the cap is for pool workers, never for this process
         for image_id in progress(ids, **bar):
             records.append(cm_sum.take(_process_one(image_id)))
     else:

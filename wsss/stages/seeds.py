@@ -217,7 +217,9 @@ def _cam_job(config, *, stage_dir, dataset, workers=1, **_):
                                           min(workers, 4)))
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     job = CamJob(checkpoint, config, dataset.num_classes - 1, threads)
-    job.model()  # fail early (bad checkpoint, class count) before the image loop
+    # fail early (bad checkpoint, class count) before the image loop; without the workers' thread cap, which set in
+    # this process would leave every later stage of a recipe (a DeepLab training) on 1 thread
+    dataclasses.replace(job, threads=None).model()
     return job
 
 
