@@ -263,13 +263,13 @@ class SaliencyQuality:
         self.recall += tp / n_fg
         for thr, out in ((min(2 * sal.mean(), 1.0), self.adaptive_f), (self.threshold, self.fixed_f)):
             binary = sal >= thr
-            tp1 = float((binary & fg).sum())
+            tp1 = int((binary & fg).sum())
             p = tp1 / binary.sum() if binary.any() else 0.0
             out.append(self._f(p, tp1 / n_fg))
-            if out is self.fixed_f:
-                self.tp += int(tp1)
-                self.fp += int(binary.sum()) - int(tp1)
-                self.fn += int(fg.sum()) - int(tp1)
+        # the last binarisation is the one at ``threshold``: its pixel counts, summed over images
+        self.tp += tp1
+        self.fp += int(binary.sum()) - tp1
+        self.fn += int(fg.sum()) - tp1
 
     def result(self) -> dict:
         n = len(self.mae)
