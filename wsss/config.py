@@ -359,12 +359,11 @@ def build_config(cls, values: dict | None = None, *, where: str = "config"):
             raise ConfigError(f"{where}: key {name!r} takes a mapping of {', '.join(allowed)}")
         sub = dict(dataclasses.asdict(sub) if dataclasses.is_dataclass(sub) else sub)
         sub.update({k: values.pop(k) for k in list(values) if k in allowed and k not in fields})
-        refused = sorted(k for k in sub if k in f.metadata["exclude"]
-                         and sub[k] != getattr(f.default_factory(), k))
+        default = dataclasses.asdict(f.default_factory())
+        refused = sorted(k for k in sub if k in f.metadata["exclude"] and sub[k] != default[k])
         if refused:
             raise ConfigError(f"{where}: {', '.join(map(repr, refused))} of {name!r} is set by {cls.__name__} "
                               "itself; leave it out")
-        default = dataclasses.asdict(f.default_factory())
         kwargs[name] = build_config(globals()[f.metadata["nested"]], {**default, **sub}, where=f"{where} ({name})")
     unknown = sorted(set(values) - set(fields))
     if unknown:
