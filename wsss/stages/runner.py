@@ -251,7 +251,10 @@ def run_images(stage_dir: Path, *, dataset: Dataset, job: Callable[[Sample, dict
     ctx = {
         "stage_dir": stage_dir, "dataset": dataset, "job": job, "upstream": upstream or {},
         "scores": writes_scores, "evaluate": True, "force": False,
-        "overlay_ids": set(dataset.ids[:overlays]), "torch_threads": torch_threads,
+        "overlay_ids": set(dataset.ids[:overlays]),
+        # each pool worker of a torch job gets its share of the cores unless the method caps it lower
+        "torch_threads": torch_threads or (max(1, (os.cpu_count() or 1) // workers)
+                                           if workers > 1 and getattr(job, "uses_torch", False) else None),
         "palette": palette_for(256, dataset.palette_name),
     }
     t0 = time.perf_counter()

@@ -177,17 +177,12 @@ class SaliencyJob:
 
     checkpoint: str
     config: SaliencyConfig
-    threads: int | None = None
     needs_image = True
-    uses_torch = True
+    uses_torch = True  # the runner caps each pool worker's torch threads
 
     def net(self):
         key = (self.checkpoint, os.path.getmtime(self.checkpoint))
         if key not in _NETS:
-            if self.threads:
-                import torch
-
-                torch.set_num_threads(self.threads)
             _NETS.clear()
             _NETS[key] = load_saliency_net(self.checkpoint)
         return _NETS[key]
@@ -263,5 +258,4 @@ def make_saliency_job(config: SaliencyConfig, *, stage_dir, dataset: Dataset, wo
     else:
         checkpoint = str(train_saliency_stage(config, dataset, Path(stage_dir)))
     read_saliency_checkpoint(checkpoint)  # fail early, once, with a clear message (not once per image)
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    return SaliencyJob(str(Path(checkpoint).resolve()), config, threads)
+    return SaliencyJob(str(Path(checkpoint).resolve()), config)

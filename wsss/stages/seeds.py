@@ -154,14 +154,12 @@ class CamJob:
     checkpoint: str
     config: "CamConfig"
     num_classes: int
-    threads: int | None = None
     needs_image = True
-    uses_torch = True
+    uses_torch = True  # the runner caps each pool worker's torch threads
 
     def model(self):
         import os
 
-        import torch
 
         from ..runtime import pick_device, resolve_speed
         from ..seeds.cam import prepare_for_inference
@@ -171,8 +169,6 @@ class CamJob:
         mtime = os.path.getmtime(self.checkpoint) if os.path.exists(self.checkpoint) else None
         key = (self.checkpoint, mtime, str(device), self.config.channels_last)
         if key not in _CAM_MODELS:
-            if self.threads:
-                torch.set_num_threads(self.threads)
             model = load_classifier(self.checkpoint, num_classes=self.num_classes, device=device)
             _CAM_MODELS.clear()
             channels_last = resolve_speed(self.config.channels_last, device, "channels_last")
@@ -198,7 +194,6 @@ class CamJob:
 
 def _cam_job(config, *, stage_dir, dataset, workers=1, **_):
     """Train the classifier into the stage folder (resumable) unless ``--checkpoint`` is given; then the job."""
-    import os
 
     from ..datasets import open_dataset
     from ..errors import ConfigError
@@ -215,11 +210,8 @@ def _cam_job(config, *, stage_dir, dataset, workers=1, **_):
         train_set = dataset if config.train_split is None else open_dataset(dataset.root, config.train_split)
         checkpoint = str(train_classifier(train_set, stage_dir, config, loader_workers=0 if workers <= 1 else
                                           min(workers, 4)))
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    job = CamJob(checkpoint, config, dataset.num_classes - 1, threads)
-    # fail early (bad checkpoint, class count) before the image loop; without the workers' thread cap, which set in
-    # this process would leave every later stage of a recipe (a DeepLab training) on 1 thread
-    dataclasses.replace(job, threads=None).model()
+    job = CamJob(checkpoint, config, dataset.num_classes - 1)
+    job.model()  # fail early (bad checkpoint, class count) before the image loop
     return job
 
 
