@@ -92,6 +92,43 @@ def test_a_time_budget_decays_the_rate_to_zero_and_ends_the_schedule(monkeypatch
     assert rates[0] == pytest.approx(0.1 * 0.4 ** 0.9)
 
 
+def test_under_a_time_budget_the_bar_counts_to_where_the_budget_ends(monkeypatch):
+    """The progress total (its % and time left) follows the pace: step s done at 10 (s - 1) s of a 50 s budget
+    -> s * 50 / (10 (s - 1)) steps, at least s + 1, at most --iterations; the spent budget's step at the end."""
+    now = [0.0]
+    monkeypatch.setattr(fit_module.time, "perf_counter", lambda: now[0])
+    totals = []
+
+    class Bar:
+        def __init__(self, *, total, **_):
+            self.total, self.n = total, 0
+
+        def update(self, n=1):
+            self.n += n
+            totals.append(self.total)
+
+        def set_postfix(self, **_):
+            pass
+
+        def close(self):
+            totals.append(("closed", self.n, self.total))
+
+    monkeypatch.setattr(fit_module, "progress_bar", Bar)
+
+    def timed(n):
+        for k, batch in enumerate(_batches(n)):
+            now[0] = 10.0 * k
+            yield batch
+
+    model, opt = _tiny()
+    fit(model, opt, timed(1000), _ce, lr=0.1, total_steps=1000, budget=50.0)
+    assert totals == [1000, 10, 8, 7, 6, 7, ("closed", 6, 6)]
+    totals.clear()
+    model, opt = _tiny()
+    fit(model, opt, _batches(4), _ce, lr=0.1, total_steps=4, budget=1e6)  # the iterations end first
+    assert totals[-1] == ("closed", 4, 4)
+
+
 def test_a_non_finite_loss_stops_before_the_step_with_the_fix():
     model, opt = _tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -238,10 +238,15 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches, loss_fn: Ca
             state.epoch_losses.append(loss)
             state.epoch_sizes.append(int(inputs.shape[0]))
         state.images += int(inputs.shape[0]) * world
+        if budget:  # the bar's total (its % and time left) is where the budget will end the schedule at this pace
+            clock()
+            pace = state.step / state.elapsed if state.elapsed > 0 else 0.0
+            bar.total = min(total_steps, max(state.step + 1, round(pace * budget))) if pace > 0 else total_steps
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{state.lr:.2e}")
         if budget and not final and out_of_time():
             state.budget_spent = True
+            bar.total = state.step
             log.info("%s: time budget of %.1f min spent at iteration %d of %d", where, budget / 60, state.step,
                      total_steps)
         state.last = final or state.budget_spent
