@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -499,6 +500,51 @@ def test_boxsup_bad_config_is_refused(demo_root, tmp_path):
         run_boxsup_rounds(_tiny_boxsup(predict_scales=(0.0,)), ds, tmp_path)
     with pytest.raises(ConfigError, match="--min-fit"):
         run_boxsup_rounds(_tiny_boxsup(min_fit=1.5), ds, tmp_path)
+    with pytest.raises(ConfigError, match="--holdout-split 'val'.*not in the training split"):
+        run_boxsup_rounds(_tiny_boxsup(holdout_split="val"), ds, tmp_path)
+
+
+@pytest.mark.slow
+def test_holdout_split_keeps_only_rounds_that_do_not_lose_on_it(demo_root, tmp_path, monkeypatch):
+    """Scripted held-out scores: round 1 below round 0 is not kept, so round 2 trains on round 0's labels and, below
+    round 0 as well, leaves the guide with round 0's masks; with round 1 best, the guide gets round 1's."""
+    import wsss.stages.boxsup as boxsup
+    from wsss.datasets import open_dataset
+    from wsss.folders import StageFolder
+    from wsss.io import read_json
+
+    ds = open_dataset(demo_root, "train")
+    scored = []
+
+    def scripted(scores):
+        def evaluate(path, dataset, *, workers=2):
+            scored.append(sorted(dataset.ids))
+            return {"miou": scores[Path(path).name]}
+        return evaluate
+
+    holdout = "train[::2]"
+    monkeypatch.setattr(boxsup, "evaluate_folder", scripted({"boxes_r0": 50.0, "boxes_r1": 40.0, "boxes_r2": 45.0}))
+    summary, rounds = boxsup.run_boxes_guide(_tiny_boxsup(boxsup_rounds=2, holdout_split=holdout), ds, tmp_path)
+    assert [(r["holdout_miou"], r["kept"]) for r in rounds] == [(50.0, True), (40.0, False), (45.0, False)]
+    assert scored == [sorted(ds.ids[::2])] * 3
+    r2_upstream = read_json(tmp_path / "train" / "boxsup_r2" / "stage.json")["inputs"]["upstream"]["labels"]
+    assert Path(r2_upstream).name == "boxes_r0"
+    info = read_json(tmp_path / "labels" / "boxes" / "boxsup.json")
+    assert info["selected_round"] == 0 and info["holdout_split"] == holdout
+    final, r0 = StageFolder.open(tmp_path / "labels" / "boxes"), StageFolder.open(tmp_path / "labels" / "boxes_r0")
+    for i in ds.ids:
+        np.testing.assert_array_equal(final.mask(i), r0.mask(i))
+
+    run = tmp_path / "second"
+    monkeypatch.setattr(boxsup, "evaluate_folder", scripted({"boxes_r0": 50.0, "boxes_r1": 60.0, "boxes_r2": 55.0}))
+    _, rounds = boxsup.run_boxes_guide(_tiny_boxsup(boxsup_rounds=2, holdout_split=holdout), ds, run)
+    assert [r["kept"] for r in rounds] == [True, True, False]
+    assert Path(read_json(run / "train" / "boxsup_r2" / "stage.json")["inputs"]["upstream"]["labels"]).name == \
+        "boxes_r1"
+    final, r1 = StageFolder.open(run / "labels" / "boxes"), StageFolder.open(run / "labels" / "boxes_r1")
+    assert read_json(run / "labels" / "boxes" / "boxsup.json")["selected_round"] == 1
+    for i in ds.ids:
+        np.testing.assert_array_equal(final.mask(i), r1.mask(i))
 
 
 def test_cli_candidates_command(demo_root, tmp_path):

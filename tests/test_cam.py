@@ -229,6 +229,13 @@ def test_train_resume_and_checkpoint_safety(demo_root, tmp_path):
     train_classifier(data, tmp_path, config)
     assert read_checkpoint(ckpt)["epoch"] == 2 and read_checkpoint(ckpt)["complete"]
     assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "train_log.csv"))] == ["1", "2"]
+    # --inference-stride 8: the same weights, dilated: 2x finer maps of a 64x80 input
+    own, fine = load_classifier(ckpt), load_classifier(ckpt, output_stride=8)
+    for (k, a), (k2, b) in zip(own.state_dict().items(), fine.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 80)
+        assert own.features(x).shape[-2:] == (4, 5) and fine.features(x).shape[-2:] == (8, 10)
     # class count mismatch and unsafe files are refused with the file named
     with pytest.raises(ConfigError, match="foreground classes"):
         load_classifier(ckpt, num_classes=20)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from wsss.cli import main
 from wsss.config import PredictConfig, TrainConfig
 from wsss.datasets import open_dataset
-from wsss.errors import StageError, UnsafeFileError
+from wsss.errors import ConfigError, StageError, UnsafeFileError
 from wsss.io import read_csv, read_json, read_mask
 from wsss.pairs import MaskPairs, ResumableSampler, augment_pair
 from wsss.runtime import load_checkpoint, poly_lr
@@ -61,6 +61,32 @@ def test_resumable_sampler_is_the_tail_and_shards():
     r0 = [i for i, _ in ResumableSampler(10, batch_size=5, iterations=1, rank=0, world_size=2)]
     r1 = [i for i, _ in ResumableSampler(10, batch_size=5, iterations=1, rank=1, world_size=2)]
     assert sorted(r0 + r1) == list(range(10))
+
+
+def test_repeat_factors_known_values_and_the_epoch_list():
+    from wsss.pairs import repeat_factors, repeated_indices
+
+    # 10 images: class 1 in 5 (f 0.5), class 2 in 1 (f 0.1), class 3 in 4 (f 0.4); t 0.4
+    presence = [frozenset({1})] * 4 + [frozenset({1, 2})] + [frozenset({3})] * 4 + [frozenset()]
+    r = repeat_factors(presence, 0.4)
+    # r_1 = max(1, sqrt(0.8)) = 1, r_2 = sqrt(4) = 2, r_3 = sqrt(1) = 1; the background-only image: 1
+    np.testing.assert_allclose(r, [1, 1, 1, 1, 2, 1, 1, 1, 1, 1])
+    assert repeated_indices(r) == [0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9]
+    np.testing.assert_allclose(repeat_factors(presence, 0.0), np.ones(10))
+    # a fractional factor adds the image once more with that probability, drawn once from the seed
+    draws = [repeated_indices(np.array([1.0, 2.25]), seed=s).count(1) for s in range(400)]
+    assert set(draws) == {2, 3} and 0.18 < (np.array(draws) == 3).mean() < 0.32
+    assert repeated_indices(np.array([1.0, 2.25]), seed=3) == repeated_indices(np.array([1.0, 2.25]), seed=3)
+
+
+def test_resumable_sampler_over_a_repeated_epoch_list():
+    epoch = [0, 1, 2, 2, 2, 3]
+    full = list(ResumableSampler(4, batch_size=2, iterations=9, seed=1, epoch_indices=epoch))
+    assert list(ResumableSampler(4, batch_size=2, iterations=9, start=4, seed=1, epoch_indices=epoch)) == full[8:]
+    for e in range(3):  # each epoch holds index 2 three times, the others once
+        assert sorted(i for i, _ in full[6 * e:6 * e + 6]) == epoch
+    with pytest.raises(ValueError, match="0..3"):
+        ResumableSampler(4, batch_size=2, iterations=1, epoch_indices=[0, 4])
 
 
 def _weights(checkpoint):
@@ -325,6 +351,23 @@ def test_a_time_budget_ends_the_run_complete_and_is_not_retrained(demo_root, tmp
     again = run_train("deeplabv2", config, ds, tmp_path, progress=False)
     assert again.iterations == s.iterations and again.start_iteration == s.iterations and again.budget_spent
     assert (tmp_path / "train/deeplabv2/checkpoint.pt").read_bytes() == ckpt_bytes
+
+
+def test_repeat_threshold_repeats_the_rare_class_images_in_the_run(demo_root, tmp_path):
+    """--repeat-threshold on GT: stage.json counts the epoch's samples from the masks' class shares."""
+    from wsss.pairs import repeat_factors
+
+    ds = open_dataset(demo_root, "train")
+    config = TrainConfig(iterations=2, repeat_threshold=0.9, **TINY)
+    run_train("deeplabv2", config, ds, tmp_path, progress=False)
+    sampling = read_json(tmp_path / "train/deeplabv2/stage.json")["training"]["sampling"]
+    presence = MaskPairs(ds, None, check=False, progress=False).class_presence()
+    factors = repeat_factors(presence, 0.9)
+    assert sampling["pairs"] == len(ds.ids) and sampling["repeated_pairs"] == int((factors > 1).sum()) > 0
+    assert sampling["max_repeat_factor"] == pytest.approx(factors.max(), abs=1e-3)
+    assert int(np.floor(factors).sum()) <= sampling["epoch_samples"] <= int(np.ceil(factors).sum())
+    with pytest.raises(ConfigError, match="--repeat-threshold"):
+        run_train("deeplabv2", TrainConfig(repeat_threshold=-1, **TINY), ds, tmp_path / "bad", progress=False)
 
 
 def test_budget_poly_decays_to_zero_by_the_budget():

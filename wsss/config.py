@@ -132,6 +132,10 @@ class BoxSupConfig:
                                                     "made with default settings when missing)")
     model: str = option("deeplabv2", "segmentation model of the registry trained each round")
     val_split: typing.Optional[str] = option(None, "split with GT on which each round's network is scored")
+    holdout_split: typing.Optional[str] = option(
+        None, "training images with GT (a split or split expression, e.g. 'train[::4]') on which each round's "
+              "labels are scored: a round below the best so far is not kept (the next round trains on the best "
+              "labels, and the guide's masks are the best round's); choose the other settings on other images")
     predict_scales: tuple[float, ...] = option((1.0,), "image scales at which the network predicts the "
                                                        "probabilities for re-selection (e.g. 0.5 on a CPU)")
     device: str = option("auto", "torch device for training and prediction (auto: cuda when available)",
@@ -231,6 +235,9 @@ class CamConfig:
                             "resnet101"))
     weights: typing.Optional[str] = option("auto", WEIGHTS_HELP, or_file=WEIGHTS_WORDS)
     output_stride: int = option(16, "stride of the classifier's feature map, i.e. of the CAMs (IRN: 16)", (8, 16, 32))
+    inference_stride: int = option(0, "output stride of the CAMs at inference (0: the classifier's own); 8 with a "
+                                      "stride-16 classifier dilates its last stage for 2x finer maps, same weights",
+                                   (0, 8, 16, 32))
     checkpoint: typing.Optional[str] = option(None, "classifier.pt of an earlier cam stage: skip training")
     train_split: typing.Optional[str] = option(None, "split to train the classifier on (default: the stage's split)")
     epochs: int = option(5, "classifier training epochs")
@@ -501,6 +508,9 @@ class TrainConfig:
     bf16: str = option("auto", "bfloat16 autocast (auto: CUDA, or a CPU with native bf16 unless the backbone is "
                                "EfficientNet-Lite, which gained nothing from it)", ("auto", "on", "off"))
     loader_workers: int = option(1, "DataLoader worker processes (image reading + augmentation)")
+    repeat_threshold: float = option(0.0, "repeat-factor sampling (LVIS): an image is seen max(1, sqrt(t / f)) "
+                                          "times an epoch, f the share of training masks holding its rarest class; "
+                                          "e.g. 0.1 (0: every image once)")
 
 
 @dataclass(frozen=True)

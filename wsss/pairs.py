@@ -240,6 +240,18 @@ class MaskPairs(TorchDataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def class_presence(self) -> list[frozenset[int]]:
+        """The classes (not background 0, not 255) in each pair's mask, in ``self.ids`` order: what
+        :func:`repeat_factors` counts. Reads every mask once (about 1.5 ms a VOC mask)."""
+        present = []
+        for image_id in self.ids:
+            if self.labels is None:
+                mask = self.dataset.load_gt(image_id)
+            else:
+                mask = self.labels.mask(image_id)
+            present.append(frozenset(int(c) for c in np.unique(mask) if c not in (0, IGNORE)))
+        return present
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self._load_id(self.ids[index])
 
@@ -272,6 +284,30 @@ class MaskPairs(TorchDataset):
         return torch.from_numpy(img), torch.from_numpy(msk)
 
 
+def repeat_factors(presence: list[frozenset[int]], threshold: float) -> np.ndarray:
+    """Repeat-factor sampling (Gupta et al., LVIS, CVPR 2019): class ``c`` held by a share ``f_c`` of the images
+    gets ``r_c = max(1, sqrt(threshold / f_c))``; an image is seen ``max(1, max over its classes of r_c)`` times an
+    epoch, so images of rare classes come round more often and the common ones as before."""
+    if threshold <= 0:
+        return np.ones(len(presence))
+    counts: dict[int, int] = {}
+    for classes in presence:
+        for c in classes:
+            counts[c] = counts.get(c, 0) + 1
+    n = max(1, len(presence))
+    rate = {c: max(1.0, float(np.sqrt(threshold / (k / n)))) for c, k in counts.items()}
+    return np.array([max([1.0] + [rate[c] for c in classes]) for classes in presence])
+
+
+def repeated_indices(factors: np.ndarray, seed: int = 0) -> list[int]:
+    """One epoch's sample list: index ``i`` ``floor(r_i)`` times plus once more with probability ``r_i - floor(r_i)``
+    (drawn once with ``seed``, so every epoch and every resumed run has the same list)."""
+    factors = np.asarray(factors, dtype=np.float64)
+    whole = np.floor(factors).astype(np.int64)
+    extra = np.random.default_rng(seed).random(len(factors)) < (factors - whole)
+    return np.repeat(np.arange(len(factors)), whole + extra).tolist()
+
+
 class ResumableSampler(Sampler):
     """Yields ``(index, key)`` for iterations ``start .. iterations - 1`` of ``batch_size`` samples each.
 
@@ -281,7 +317,11 @@ class ResumableSampler(Sampler):
     """
 
     def __init__(self, num_samples: int, *, batch_size: int, iterations: int, start: int = 0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, epoch_indices: list[int] | None = None):
+        # epoch_indices: the samples of one epoch (repeats allowed, :func:`repeated_indices`); default each once
+        self.indices = list(range(num_samples)) if epoch_indices is None else list(epoch_indices)
+        if any(not 0 <= i < num_samples for i in self.indices) or not self.indices:
+            raise ValueError(f"epoch_indices must be a non-empty list of indices in 0..{num_samples - 1}")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.iterations = iterations
@@ -289,7 +329,7 @@ class ResumableSampler(Sampler):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self._dist = DistributedSampler(range(num_samples), num_replicas=world_size, rank=rank, shuffle=True,
+        self._dist = DistributedSampler(range(len(self.indices)), num_replicas=world_size, rank=rank, shuffle=True,
                                         seed=seed, drop_last=False)
         self.per_rank = len(self._dist)
 
@@ -308,5 +348,5 @@ class ResumableSampler(Sampler):
                 epoch = position // self.per_rank
                 self._dist.set_epoch(epoch)
                 order = list(self._dist)
-            yield order[position % self.per_rank], (self.seed, self.rank, position)
+            yield self.indices[order[position % self.per_rank]], (self.seed, self.rank, position)
             position += 1

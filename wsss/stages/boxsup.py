@@ -9,6 +9,10 @@ Folders (each an ordinary stage folder, so every round can be evaluated, inspect
     ...
     RUN/labels/boxes/            the last round's labels (the guide's own folder) + boxsup.json (every round's quality)
 
+With ``--holdout-split`` (training images that have GT), each round's labels are scored on those images; a round
+below the best so far is not kept: the next round trains on the best labels so far and RUN/labels/boxes/ holds the
+best round's (boxsup.json: ``holdout_miou`` and ``kept`` per round, ``selected_round``).
+
 Resume: a round whose labels folder is complete for the same config is skipped, a finished training is not rerun,
 an interrupted one continues from its checkpoint, an interrupted labels folder from its last image.
 
@@ -31,6 +35,7 @@ from ..errors import ConfigError, ImageError, StageError
 from ..folders import StageFolder
 from ..io import read_json, write_json
 from .candidates import CANDIDATE_METHODS, read_candidates, unlabelled_mask
+from .evaluate import evaluate_folder
 from .runner import (
     ImageResult,
     StageSummary,
@@ -142,7 +147,7 @@ class RoundLabelsConfig:
 # device changes what a round makes, so adding a round or moving to a GPU reuses the finished ones
 INITIAL_FIELDS = ("tie_tolerance", "clip_to_box", "min_fit", "poor_fit", "box_rest", "candidates")
 UPDATE_FIELDS = ("boxsup_lambda", "top_k", "balanced_ce", "keep_margin", "class_agnostic", "network_gate",
-                 "gate_images", "predict_scales")
+                 "gate_images", "predict_scales", "holdout_split")
 UNHASHED_FIELDS = ("boxsup_rounds", "device")
 
 
@@ -297,9 +302,11 @@ def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
     run_dir = Path(run_dir)
     cand_folder = ensure_candidates(config, dataset, run_dir, workers=workers)
     val_dataset = open_dataset(dataset.root, config.val_split) if config.val_split else None
+    holdout = _holdout_dataset(config, dataset)
     device = pick_device(config.device)
     records = []
     labels: StageFolder | None = None
+    best_holdout: float | None = None
     for r in range(config.boxsup_rounds + 1):
         checkpoint, network_quality = None, None
         if r > 0:
@@ -339,8 +346,18 @@ def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
                 log.warning("%s: %d image(s) failed in BoxSup round %d (e.g. %s: %s); see its manifest.csv",
                             stage_dir, len(summary.failed), r, summary.failed[0][0], summary.failed[0][1])
             quality = summary.quality
-        labels = StageFolder.open(stage_dir)
+        holdout_miou, kept = None, True
+        if holdout is not None:
+            holdout_miou = evaluate_folder(stage_dir, holdout, workers=workers)["miou"]
+            kept = best_holdout is None or holdout_miou >= best_holdout
+            log.info("round %d: labels score %.2f on the held-out %s (best so far %s): %s", r, holdout_miou,
+                     config.holdout_split, "-" if best_holdout is None else f"{best_holdout:.2f}",
+                     "kept" if kept else "not kept, the next round trains on the best round's labels")
+        if kept:
+            best_holdout = holdout_miou
+            labels = StageFolder.open(stage_dir)
         records.append({"round": r, "labels": str(stage_dir), "labels_miou": (quality or {}).get("miou"),
+                        "holdout_miou": holdout_miou, "kept": kept,
                         "network": str(checkpoint.parent) if checkpoint else None,
                         "network_val_miou": (network_quality or {}).get("miou"),
                         "network_kappa": (agreement or {}).get("kappa"),
@@ -348,13 +365,36 @@ def run_boxsup_rounds(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, 
     return records
 
 
+def selected_round(records: list[dict]) -> dict:
+    """The round whose labels the guide keeps: the last one kept (every round without --holdout-split)."""
+    return [rec for rec in records if rec["kept"]][-1]
+
+
+def _holdout_dataset(config: BoxSupConfig, dataset: Dataset) -> Dataset | None:
+    """The --holdout-split images: a subset of the training split, with GT."""
+    if not config.holdout_split:
+        return None
+    holdout = open_dataset(dataset.root, config.holdout_split)
+    outside = [i for i in holdout.ids if i not in set(dataset.ids)]
+    if outside:
+        raise ConfigError(f"--holdout-split {config.holdout_split!r}: {len(outside)} of its {len(holdout.ids)} "
+                          f"images (e.g. {outside[0]}) are not in the training split {dataset.split!r}; hold out "
+                          f"images the rounds label, e.g. '{dataset.split}[::4]'")
+    if all(holdout.gt_path(i) is None for i in holdout.ids):
+        raise ConfigError(f"--holdout-split {config.holdout_split!r}: none of its images has a GT mask in "
+                          f"{dataset.root}; the held-out check needs GT (or leave the option out)")
+    return holdout
+
+
 def boxes_guide_job(config: BoxSupConfig, *, stage_dir: Path, dataset: Dataset, upstream: dict, workers: int):
-    """The ``boxes`` guide: run every round first (resumable), then copy the last round's masks into the guide's
-    own folder ``RUN/labels/boxes/`` with a ``boxsup.json`` summary."""
+    """The ``boxes`` guide: run every round first (resumable), then copy the selected round's masks (the last, or
+    the best on --holdout-split) into the guide's own folder ``RUN/labels/boxes/`` with a ``boxsup.json`` summary."""
     run_dir = Path(stage_dir).parent.parent
     records = run_boxsup_rounds(config, dataset, run_dir, workers=workers)
-    write_json(Path(stage_dir) / "boxsup.json", {"rounds": records})
-    return CopyLabelsJob(records[-1]["labels"])
+    chosen = selected_round(records)
+    write_json(Path(stage_dir) / "boxsup.json", {"rounds": records, "selected_round": chosen["round"],
+                                                  "holdout_split": config.holdout_split})
+    return CopyLabelsJob(chosen["labels"])
 
 
 def run_boxes_guide(config: BoxSupConfig, dataset: Dataset, run_dir: Path, *, workers: int = 1,

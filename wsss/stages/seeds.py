@@ -160,16 +160,16 @@ class CamJob:
     def model(self):
         import os
 
-
         from ..runtime import pick_device, resolve_speed
         from ..seeds.cam import prepare_for_inference
         from ..trainers.cam_classifier import load_classifier
 
         device = pick_device(self.config.device)
         mtime = os.path.getmtime(self.checkpoint) if os.path.exists(self.checkpoint) else None
-        key = (self.checkpoint, mtime, str(device), self.config.channels_last)
+        key = (self.checkpoint, mtime, str(device), self.config.channels_last, self.config.inference_stride)
         if key not in _CAM_MODELS:
-            model = load_classifier(self.checkpoint, num_classes=self.num_classes, device=device)
+            model = load_classifier(self.checkpoint, num_classes=self.num_classes, device=device,
+                                    output_stride=self.config.inference_stride or None)
             _CAM_MODELS.clear()
             channels_last = resolve_speed(self.config.channels_last, device, "channels_last")
             _CAM_MODELS[key] = prepare_for_inference(model, channels_last=channels_last)

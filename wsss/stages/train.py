@@ -75,7 +75,7 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
 
     from ..models import MODELS, build_model, resolve_backbone
     from ..models.inference import input_normalisation
-    from ..pairs import CHECK_CACHE, MaskPairs
+    from ..pairs import CHECK_CACHE, MaskPairs, repeat_factors, repeated_indices
     from ..runtime import (
         CHECKPOINT,
         dist_env,
@@ -94,6 +94,9 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     if not 0 < config.scale_min <= config.scale_max:
         raise ConfigError(f"--scale-min {config.scale_min} / --scale-max {config.scale_max}: need "
                           "0 < scale-min <= scale-max")
+    if config.repeat_threshold < 0:
+        raise ConfigError(f"--repeat-threshold {config.repeat_threshold}: give 0 (off) or a share in (0, 1], "
+                          "e.g. 0.1")
     model_kwargs = model_options(model_name, config)
     run_dir = Path(run_dir)
     folder = labels if isinstance(labels, StageFolder) else resolve_labels(labels, run_dir)
@@ -118,6 +121,16 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
     failed = list(pairs.failures)
     if rank == 0:
         record_pair_failures(stage_dir, len(pairs), failed)
+    epoch_indices, sampling = None, None
+    if config.repeat_threshold > 0:
+        factors = repeat_factors(pairs.class_presence(), config.repeat_threshold)
+        epoch_indices = repeated_indices(factors, seed=config.seed)
+        sampling = {"repeat_threshold": config.repeat_threshold, "epoch_samples": len(epoch_indices),
+                    "pairs": len(pairs), "repeated_pairs": int((factors > 1).sum()),
+                    "max_repeat_factor": round(float(factors.max()), 3)}
+        log.info("repeat-factor sampling (t=%g): an epoch is %d samples of %d pairs (%d repeated, up to %.2fx)",
+                 config.repeat_threshold, len(epoch_indices), len(pairs), sampling["repeated_pairs"],
+                 sampling["max_repeat_factor"])
     pairs_digest = hashlib.sha1("\n".join(pairs.ids).encode()).hexdigest()[:16]
     dev = pick_device(device)
     speed = {"channels_last": resolve_speed(config.channels_last, dev, "channels_last", backbone),
@@ -147,7 +160,7 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
             channels_last=speed["channels_last"], bf16=speed["bf16"], loader_workers=config.loader_workers,
             checkpoint_every=config.checkpoint_every,
             val_every=config.val_every, val_dataset=val_dataset if val_ids else None, val_ids=val_ids,
-            stop_at=stop_at, meta=meta, progress=progress,
+            stop_at=stop_at, meta=meta, progress=progress, epoch_indices=epoch_indices,
         )
     except WsssError as exc:  # the folder says why it stopped instead of staying at 'running'
         if rank == 0:
@@ -167,6 +180,7 @@ def run_train(model_name: str, config: TrainConfig, dataset: Dataset, run_dir: P
                          "labels": "gt" if folder is None else str(folder.path),
                          "seconds_this_run": round(result.seconds, 2),
                          "images_per_second": result.images_per_second, "last_loss": result.last_loss,
+                         "sampling": sampling,
                          **result.speed},
             "quality": result.validation if result.validation else info.get("quality"),
             "validation": ({"split": val_dataset.split, "images": len(val_ids)} if val_ids else None),

@@ -74,8 +74,11 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def load_classifier(path: str | Path, *, num_classes: int | None = None, device: torch.device | str = "cpu"):
-    """The trained :class:`CAMClassifier` from ``path`` in eval mode; ``num_classes`` (foreground) is checked."""
+def load_classifier(path: str | Path, *, num_classes: int | None = None, device: torch.device | str = "cpu",
+                    output_stride: int | None = None):
+    """The trained :class:`CAMClassifier` from ``path`` in eval mode; ``num_classes`` (foreground) is checked.
+    ``output_stride`` rebuilds the backbone at another stride (dilation only: the same weights); default: the
+    stride it was trained at."""
     from ..models.classifier import build_classifier
 
     state = read_checkpoint(path)
@@ -86,7 +89,7 @@ def load_classifier(path: str | Path, *, num_classes: int | None = None, device:
     from ..models.classifier import classifier_state
 
     model = build_classifier(num_classes=meta["num_classes"], backbone=meta["backbone"],
-                             output_stride=int(meta.get("output_stride", 16)))
+                             output_stride=int(output_stride or meta.get("output_stride", 16)))
     model.load_state_dict(classifier_state(state["model"]))  # checkpoints before the backbone contract too
     return model.to(device).eval()
 

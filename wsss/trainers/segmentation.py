@@ -128,7 +128,8 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
                 channels_last: bool = False, bf16: bool = False, loader_workers: int = 0,
                 checkpoint_every: int = 500, log_every: int = 10, val_every: int = 0,
                 val_dataset=None, val_ids: list[str] | None = None, stop_at: int | None = None,
-                meta: dict | None = None, progress: bool = True) -> TrainResult:
+                meta: dict | None = None, progress: bool = True,
+                epoch_indices: list[int] | None = None) -> TrainResult:
     """Train ``model`` on ``pairs`` (a :class:`wsss.pairs.MaskPairs`) with :func:`wsss.fit.fit`, resuming from
     ``out_dir/checkpoint.pt``.
 
@@ -139,6 +140,8 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
     budget is spent. Resume is exact with iterations alone; under a budget the iteration count depends on the
     machine's speed. Validation on ``val_dataset``/``val_ids`` runs every ``val_every``
     iterations (0: only at the end) when given. Under torchrun every rank calls this; only rank 0 writes files.
+    ``epoch_indices`` is one epoch's list of pair indices (repeats allowed: repeat-factor sampling), default each
+    pair once.
     """
     from torch.utils.data import DataLoader
 
@@ -157,7 +160,7 @@ def train_model(model: nn.Module, pairs, out_dir: Path, *, iterations: int, batc
     if rank == 0 and log_path.exists():  # keep the rows up to the checkpoint we resume from
         state.rows = [[r[k] for k in LOG_HEADER] for r in read_csv(log_path) if int(r["iteration"]) <= state.step]
     sampler = ResumableSampler(len(pairs), batch_size=batch_size, iterations=iterations, start=state.step, seed=seed,
-                               rank=rank, world_size=world)
+                               rank=rank, world_size=world, epoch_indices=epoch_indices)
     loader = DataLoader(pairs, batch_size=batch_size, sampler=sampler, num_workers=loader_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     validation = None
