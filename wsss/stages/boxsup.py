@@ -375,7 +375,8 @@ def _holdout_dataset(config: BoxSupConfig, dataset: Dataset) -> Dataset | None:
     if not config.holdout_split:
         return None
     holdout = open_dataset(dataset.root, config.holdout_split)
-    outside = [i for i in holdout.ids if i not in set(dataset.ids)]
+    training = set(dataset.ids)
+    outside = [i for i in holdout.ids if i not in training]
     if outside:
         raise ConfigError(f"--holdout-split {config.holdout_split!r}: {len(outside)} of its {len(holdout.ids)} "
                           f"images (e.g. {outside[0]}) are not in the training split {dataset.split!r}; hold out "
