@@ -212,12 +212,14 @@ from .stages.refine import REFINERS  # noqa: E402  (registry is light: pydensecr
 @main.command()
 @click.option("--crf", "method", flag_value="crf", default=None,
               help=f"crf: {REFINERS['crf'].summary} -> RUN/refined/crf/")
+@click.option("--affinity", "method", flag_value="affinity",
+              help=f"affinity: {REFINERS['affinity'].summary} -> RUN/refined/affinity/")
 @click.option("--input", "input_stage", required=True, type=click.Path(file_okay=False),
               help="stage folder to refine (any: RUN/seeds/grabcut, RUN/labels/..., a folder of mask PNGs)")
 @common_stage_options
 @method_options(REFINERS)
 def refine(method, input_stage, dataset_path, split, run_dir, workers, overwrite, overlays, **options):
-    """Refine the masks of an input stage folder into RUN/refined/REFINER/ (e.g. --crf).
+    """Refine the masks of an input stage folder into RUN/refined/REFINER/ (--crf, or --affinity for CAMs).
 
     --split defaults to the input stage's split (from its stage.json).
     """

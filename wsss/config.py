@@ -477,6 +477,22 @@ class CRFConfig:
 
 
 @dataclass(frozen=True)
+class AffinityConfig:
+    """Random walk of CAMs over their classifier's feature affinity (:mod:`wsss.seeds.affinity`), no training."""
+
+    checkpoint: typing.Optional[str] = option(None, "classifier.pt whose features give the affinity (default: the "
+                                                    "input cam stage's own classifier)")
+    stride: int = option(8, "grid of the walk: the backbone's feature map at this stride (8: psa's)", (4, 8, 16))
+    radius: float = option(5.0, "pixels within this distance on the grid are neighbours (psa: 5)")
+    beta: float = option(16.0, "affinity max(0, cos) ** beta: higher stops the walk at weaker feature edges")
+    log_t: int = option(8, "the walk takes 2 ** log_t steps (psa: 8)")
+    bg_threshold: float = option(0.35, "walked map (divided by its maximum) at or below this is background in "
+                                       "masks/ (chosen on voc-dev train[::4]; the scores keep the maps)")
+    device: str = option("auto", "torch device (auto: cuda when available)", ("auto", "cpu", "cuda"),
+                         hashed=False)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """``wsss train``: DeepLab-v2's recipe (Chen et al. 2017) as defaults; applies to every zoo model."""
 

@@ -64,7 +64,7 @@ STAGES: dict[str, StageKind] = {
     "candidates": StageKind("wsss.stages.candidates", "CANDIDATE_METHODS", "candidates",
                             "candidate masks per image (selective search; masks/ = each box's best-fitting one)"),
     "label": StageKind("wsss.stages.label", "LABEL_GUIDES", "labels", "pseudo labels fused from seeds"),
-    "refine": StageKind("wsss.stages.refine", "REFINERS", "refined", "dense-CRF refinement of a mask stage"),
+    "refine": StageKind("wsss.stages.refine", "REFINERS", "refined", "refinement of a mask stage (dense CRF; random walk of CAMs)"),
     "train": StageKind("wsss.models", "MODELS", "train", "segmentation network trained on a mask stage (or GT)",
                        config="wsss.config:TrainConfig", roles=("labels",), optional=("labels",),
                        requires="wsss.stages.train"),

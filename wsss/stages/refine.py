@@ -1,9 +1,11 @@
-"""``wsss refine --crf --input STAGE``: the refiner registry and the dense-CRF job.
+"""``wsss refine --crf|--affinity --input STAGE``: the refiner registry, the dense-CRF and the affinity jobs.
 
 A refiner reads any upstream stage folder through its ``manifest.csv`` (:class:`~wsss.folders.StageFolder`,
 role ``input``) and writes ``RUN/refined/<refiner>/`` with the same folder contract. The CRF's unary comes from the
 input's ``scores/`` when it keeps them (``unary='auto'``), else from its hard masks; the algorithm is
-:func:`wsss.crf.crf_refine`.
+:func:`wsss.crf.crf_refine`. The affinity refiner walks a CAM stage's ``scores/`` over the features of the
+classifier that made them (:mod:`wsss.seeds.affinity`) and writes the walked maps as ``scores/``, so that the guide
+labeller reads them as it reads CAMs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import CRFConfig
+from ..config import AffinityConfig, CRFConfig
 from ..datasets import Dataset, Sample
 from ..errors import ConfigError, ImageError, StageError
 from ..folders import StageFolder
@@ -37,12 +39,7 @@ class CRFJob:
                              f"{shape[1]}x{shape[0]}; the input stage was made from another dataset")
         scores = class_ids = None
         if self.use_scores and folder.rows.get(sample.id, {}).get("scores"):
-            scores, class_ids = folder.scores(sample.id)
-            if scores.shape[1:] != shape:
-                import cv2
-
-                scores = np.stack([cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-                                   for m in scores])
+            scores, class_ids = _input_scores(folder, sample)
         elif self.config.unary == "scores":
             raise ImageError(f"{folder.path}: no scores for {sample.id!r} in its manifest; use --unary masks")
         c = self.config
@@ -68,9 +65,96 @@ def _crf_job(config: CRFConfig, *, upstream: dict, **_):
     return CRFJob(config, use_scores=config.unary != "masks" and folder.has_scores)
 
 
+def _input_scores(folder: StageFolder, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """The input's (K, H, W) scores of ``sample`` at the image's size (bilinear when stored smaller) and class ids."""
+    scores, class_ids = folder.scores(sample.id)
+    shape = sample.image.shape[:2]
+    if scores.shape[1:] != shape:
+        import cv2
+
+        scores = np.stack([cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for m in scores]) \
+            if len(scores) else np.zeros((0,) + shape, np.float32)
+    return scores, class_ids
+
+
+_AFFINITY_MODELS: dict = {}  # per-process cache: (checkpoint, mtime, device) -> classifier
+
+
+@dataclass
+class AffinityJob:
+    """Random walk of one image's CAMs over its classifier's feature affinity (the model loads lazily)."""
+
+    checkpoint: str
+    config: AffinityConfig
+    needs_image = True
+    uses_torch = True  # the runner caps each pool worker's torch threads
+
+    def model(self):
+        import os
+
+        from ..runtime import pick_device
+        from ..trainers.cam_classifier import load_classifier
+
+        device = pick_device(self.config.device)
+        key = (self.checkpoint, os.path.getmtime(self.checkpoint), str(device))
+        if key not in _AFFINITY_MODELS:
+            _AFFINITY_MODELS.clear()
+            _AFFINITY_MODELS[key] = load_classifier(self.checkpoint, device=device)
+        return _AFFINITY_MODELS[key]
+
+    def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
+        from ..seeds.affinity import propagate_cams
+        from ..seeds.cam import cam_seed_mask
+
+        scores, class_ids = _input_scores(upstream["input"], sample)
+        keep = np.asarray(class_ids) != 0  # a background map (e.g. CRF marginals) is not walked
+        scores, class_ids = scores[keep].astype(np.float32), np.asarray(class_ids)[keep]
+        c = self.config
+        walked = propagate_cams(self.model(), sample.image, scores, stride=c.stride, radius=c.radius, beta=c.beta,
+                                log_t=c.log_t)
+        walked = walked.astype(np.float16).astype(np.float32)  # as stored: the kept scores reproduce the mask
+        return ImageResult(cam_seed_mask(walked, class_ids, bg_threshold=c.bg_threshold), scores=walked,
+                           class_ids=class_ids)
+
+
+def _affinity_job(config: AffinityConfig, *, upstream: dict, **_):
+    """The affinity job; its classifier: ``--checkpoint``, else the input cam stage's (its ``classifier.pt`` or
+    the ``--checkpoint`` it was made with)."""
+    if "input" not in upstream:
+        raise StageError("wsss refine --affinity needs --input RUN/seeds/cam (a stage folder with CAM scores/)")
+    for name, value, low in (("--radius", config.radius, 1.0), ("--log-t", config.log_t, 0),
+                             ("--beta", config.beta, 0.0)):
+        if value < low:
+            raise ConfigError(f"{name} {value}: give at least {low:g}")
+    folder: StageFolder = upstream["input"]
+    if not folder.has_scores:
+        raise StageError(f"{folder.path}: keeps no scores/; the affinity walk spreads CAMs: give a cam stage "
+                         "(RUN/seeds/cam)")
+    checkpoint = config.checkpoint or _input_classifier(folder)
+    if not Path(checkpoint).is_file():
+        raise ConfigError(f"--checkpoint {checkpoint}: no such file; give the classifier.pt of the cam stage")
+    job = AffinityJob(str(checkpoint), config)
+    job.model()  # fail early (unreadable checkpoint) before the image loop
+    return job
+
+
+def _input_classifier(folder: StageFolder) -> str:
+    own = folder.path / "classifier.pt"
+    if own.is_file():
+        return str(own)
+    given = (folder.info.get("config") or {}).get("checkpoint")
+    if given:
+        return str(given)
+    raise ConfigError(f"{folder.path}: no classifier.pt there and its stage.json names none; give --checkpoint "
+                      "(the classifier.pt of the cam stage that made these CAMs)")
+
+
 REFINERS: dict[str, MethodSpec] = {
     "crf": MethodSpec(CRFConfig, _crf_job, "dense CRF over the labels present (unary from scores/ or masks)",
                       upstream=("input",)),
+    "affinity": MethodSpec(AffinityConfig, _affinity_job, "random walk of CAMs over their classifier's feature "
+                           "affinity (psa/IRN's propagation, training-free); walked maps in scores/",
+                           writes_scores=True, upstream=("input",)),
 }
 
 
