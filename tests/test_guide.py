@@ -251,3 +251,38 @@ def test_guide_fill_single_tag():
                                   expected())
     empty = np.zeros((0, 20, 30), np.float32)
     assert (guide_labels(sal, empty, np.zeros(0, int), image_labels=(4,), fill_single_tag=True)[sal >= 0.5] == 4).all()
+
+
+
+def test_guide_unclaimed_tag_takes_its_dense_cam_pixels():
+    """Rule 8: a tag that no rule gave a pixel (class 9: its map fires outside every salient region, below the
+    confident threshold) takes the 0/255 pixels where its map is the arg-max and >= the threshold."""
+    sal, cams, ids = scene()
+    h, w = sal.shape
+    nine = np.zeros((1, h, w), np.float32)
+    nine[0, 11:19, 10:20] = 0.3   # normalised 0.5: a weak, non-salient object
+    nine[0, 12:15, 13:16] = 0.6   # its maximum (normalised 1.0)
+    nine[0, 18, 19] = 0.05        # normalised 0.083: below any threshold used here
+    cams = np.concatenate([cams, nine])
+    ids, tags = np.array([3, 5, 7, 9]), (3, 5, 7, 9)
+    # default confident threshold 0.8: 9's maximum is confident, 9 is claimed and the rule changes nothing
+    claimed = expected()
+    claimed[12:15, 13:16] = 9
+    np.testing.assert_array_equal(guide_labels(sal, cams, ids, tags), claimed)
+    np.testing.assert_array_equal(guide_labels(sal, cams, ids, tags, unclaimed_threshold=0.4), claimed)
+    # nothing confident: 9 gets no pixel without the rule
+    plain = expected()
+    plain[14:17, 20:24] = 0  # class 3's confident seed is no longer confident either
+    np.testing.assert_array_equal(guide_labels(sal, cams, ids, tags, confident_threshold=1.01), plain)
+    # with it: the block, except class 5's weak seed (a tie at 0.5 goes to 5, the first) and the weak pixel
+    want = plain.copy()
+    want[11:19, 10:20] = 9
+    want[15:17, 12:14] = 0
+    want[18, 19] = 0
+    np.testing.assert_array_equal(
+        guide_labels(sal, cams, ids, tags, confident_threshold=1.01, unclaimed_threshold=0.4), want)
+    # above the block's 0.5: the maximum alone
+    want = plain.copy()
+    want[12:15, 13:16] = 9
+    np.testing.assert_array_equal(
+        guide_labels(sal, cams, ids, tags, confident_threshold=1.01, unclaimed_threshold=0.6), want)

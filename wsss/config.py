@@ -203,6 +203,10 @@ class SaliencyGuideConfig:
     min_seed_share: float = option(0.1, "a salient region takes a class holding at least this share of its seeds")
     fill_single_tag: bool = option(False, "an image with one tag gives it to salient regions without seeds "
                                           "(default: they are 255)")
+    unclaimed_threshold: typing.Optional[float] = option(
+        None, "a tag that the rules gave no pixel (no salient region holds its seeds: a chair or a table the "
+              "saliency net does not find salient) takes the background and 255 pixels where its map is the "
+              "arg-max and at or above this (the dense CAM map for that tag); default: off")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ Rules of :func:`guide_labels` (the ``saliency`` guide)
 6. **Non-salient pixels** are background (0) unless a confident seed says otherwise: a class map >=
    ``confident_threshold`` (default 0.8) there gives that class.
 7. An image without tags is all background.
+8. With ``unclaimed_threshold`` (off by default): a tag that rules 3-6 gave no pixel (its object was not salient,
+   or its seeds were outvoted in every region) takes the pixels labelled 0 or 255 where its map is the arg-max and
+   >= ``unclaimed_threshold``: for that tag the dense CAM map stands in for the saliency it did not get.
 
 Baselines in the same terms
 ---------------------------
@@ -87,7 +90,8 @@ def scores_from_seed_mask(mask: np.ndarray, image_labels=None, *, decay: float =
 
 def guide_labels(saliency: np.ndarray, cams: np.ndarray, class_ids, image_labels=None, *,
                  saliency_threshold: float = 0.5, seed_threshold: float = 0.2, confident_threshold: float = 0.8,
-                 min_seed_share: float = 0.1, fill_single_tag: bool = False) -> np.ndarray:
+                 min_seed_share: float = 0.1, fill_single_tag: bool = False,
+                 unclaimed_threshold: float | None = None) -> np.ndarray:
     """Pseudo mask (H, W) uint8 in {0, classes, 255} from saliency + class evidence (rules: module docstring).
 
     Parameters
@@ -126,7 +130,13 @@ def guide_labels(saliency: np.ndarray, cams: np.ndarray, class_ids, image_labels
     out[salient] = np.where(has_class[salient], lut[choice[salient]], IGNORE)
     confident = ~salient & (peak >= confident_threshold)
     out[confident] = lut[best[confident]]
-    return _fill_single_tag(out, salient, image_labels) if fill_single_tag else out
+    if fill_single_tag:
+        out = _fill_single_tag(out, salient, image_labels)
+    if unclaimed_threshold is not None:
+        unclaimed = np.flatnonzero(~np.isin(class_ids, out))
+        free = ((out == BACKGROUND) | (out == IGNORE)) & np.isin(best, unclaimed) & (peak >= unclaimed_threshold)
+        out[free] = lut[best[free]]
+    return out
 
 
 def _fill_single_tag(out: np.ndarray, salient: np.ndarray, image_labels) -> np.ndarray:
