@@ -157,3 +157,26 @@ def test_the_torch_device_stays_out_of_a_stage_folders_config_hash(demo_root, tm
     assert a == b  # the folder made on the CPU resumes under --device auto
     with pytest.raises(StageError, match="another config"):
         prepare_stage_dir(stage, stage="seeds", method="cam", config=CamConfig(bg_threshold=0.3), dataset=ds)
+
+
+def test_load_once_reloads_only_when_the_file_or_the_options_change(tmp_path):
+    import os
+
+    from wsss.stages.runner import load_once
+
+    path = tmp_path / "net.pt"
+    path.write_bytes(b"1")
+    calls = []
+
+    def load():
+        calls.append(path.read_bytes())
+        return len(calls)
+
+    assert load_once(path, load, "cpu") == 1 and load_once(path, load, "cpu") == 1
+    assert load_once(path, load, "cuda") == 2  # other options: loaded again
+    path.write_bytes(b"2")
+    os.utime(path, ns=(1, 10 ** 18))  # a rewritten file has another mtime
+    assert load_once(path, load, "cuda") == 3 and calls[-1] == b"2"
+    # a missing file is left to the loader, which names it
+    with pytest.raises(FileNotFoundError):
+        load_once(tmp_path / "missing.pt", lambda: open(tmp_path / "missing.pt"))

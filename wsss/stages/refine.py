@@ -19,7 +19,7 @@ from ..config import AffinityConfig, CRFConfig
 from ..datasets import Dataset, Sample
 from ..errors import ConfigError, ImageError, StageError
 from ..folders import StageFolder
-from .runner import ImageResult, MethodSpec, StageSummary, run_method_stage
+from .runner import ImageResult, MethodSpec, StageSummary, load_once, run_method_stage
 
 
 @dataclass
@@ -77,9 +77,6 @@ def _input_scores(folder: StageFolder, sample: Sample) -> tuple[np.ndarray, np.n
     return scores, class_ids
 
 
-_AFFINITY_MODELS: dict = {}  # per-process cache: (checkpoint, mtime, device) -> classifier
-
-
 @dataclass
 class AffinityJob:
     """Random walk of one image's CAMs over its classifier's feature affinity (the model loads lazily)."""
@@ -90,17 +87,11 @@ class AffinityJob:
     uses_torch = True  # the runner caps each pool worker's torch threads
 
     def model(self):
-        import os
-
         from ..runtime import pick_device
         from ..trainers.cam_classifier import load_classifier
 
         device = pick_device(self.config.device)
-        key = (self.checkpoint, os.path.getmtime(self.checkpoint), str(device))
-        if key not in _AFFINITY_MODELS:
-            _AFFINITY_MODELS.clear()
-            _AFFINITY_MODELS[key] = load_classifier(self.checkpoint, device=device)
-        return _AFFINITY_MODELS[key]
+        return load_once(self.checkpoint, lambda: load_classifier(self.checkpoint, device=device), str(device))
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         from ..seeds.affinity import propagate_cams

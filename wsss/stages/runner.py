@@ -59,6 +59,20 @@ log = logging.getLogger(__name__)
 MANIFEST_HEADER = ["image_id", "mask", "scores", "status", "error", "seconds"]
 
 
+_LOADED: dict = {}  # the one network a worker process holds (see load_once)
+
+
+def load_once(path: str | Path, load: Callable[[], Any], *options) -> Any:
+    """``load()``'s result, kept for the process: a per-image job's network is loaded once per worker and again
+    only when the file (its path or mtime) or ``options`` (device, memory format ...) change. One slot: a stage
+    holds one network, and the next stage's replaces it. A missing file is left to ``load`` to report."""
+    key = (str(path), os.path.getmtime(path) if os.path.exists(path) else None, *options)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load()
+    return _LOADED[key]
+
+
 @dataclass
 class ImageResult:
     """What a job returns for one image: the mask, optional (K, H, W) scores with class ids, optional extra

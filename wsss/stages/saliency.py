@@ -13,7 +13,6 @@ Files in the stage folder (besides the contract's ``stage.json``, ``manifest.csv
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..datasets import Dataset, Sample
 from ..errors import ConfigError, ImageError, StageError, UnsafeFileError
 from ..io import load_checkpoint, read_mask, save_checkpoint, write_csv, write_png
 from ..progress import progress
-from .runner import ImageResult
+from .runner import ImageResult, load_once
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +167,6 @@ def train_saliency_stage(config: SaliencyConfig, dataset: Dataset, stage_dir: Pa
     return final
 
 
-_NETS: dict = {}  # per-process cache: (checkpoint, mtime) -> net
-
-
 @dataclass
 class SaliencyJob:
     """Saliency map + seed mask of one image (picklable: the net loads lazily in each worker)."""
@@ -181,11 +177,7 @@ class SaliencyJob:
     uses_torch = True  # the runner caps each pool worker's torch threads
 
     def net(self):
-        key = (self.checkpoint, os.path.getmtime(self.checkpoint))
-        if key not in _NETS:
-            _NETS.clear()
-            _NETS[key] = load_saliency_net(self.checkpoint)
-        return _NETS[key]
+        return load_once(self.checkpoint, lambda: load_saliency_net(self.checkpoint))
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         from ..seeds.saliency import (

@@ -13,7 +13,7 @@ from ..config import (
     ThresholdConfig,
 )
 from ..datasets import Sample
-from .runner import ImageResult, MethodSpec
+from .runner import ImageResult, MethodSpec, load_once
 
 
 @dataclass
@@ -144,9 +144,6 @@ def _saliency_job(config, **kwargs):
     return make_saliency_job(config, **kwargs)
 
 
-_CAM_MODELS: dict = {}  # per-process cache: (checkpoint, mtime, options) -> prepared classifier
-
-
 @dataclass
 class CamJob:
     """Multi-scale CAM of one image from a trained classifier checkpoint (picklable: the model loads lazily)."""
@@ -158,22 +155,19 @@ class CamJob:
     uses_torch = True  # the runner caps each pool worker's torch threads
 
     def model(self):
-        import os
-
         from ..runtime import pick_device, resolve_speed
         from ..seeds.cam import prepare_for_inference
         from ..trainers.cam_classifier import load_classifier
 
         device = pick_device(self.config.device)
-        mtime = os.path.getmtime(self.checkpoint) if os.path.exists(self.checkpoint) else None
-        key = (self.checkpoint, mtime, str(device), self.config.channels_last, self.config.inference_stride)
-        if key not in _CAM_MODELS:
+        channels_last = resolve_speed(self.config.channels_last, device, "channels_last")
+
+        def load():
             model = load_classifier(self.checkpoint, num_classes=self.num_classes, device=device,
                                     output_stride=self.config.inference_stride or None)
-            _CAM_MODELS.clear()
-            channels_last = resolve_speed(self.config.channels_last, device, "channels_last")
-            _CAM_MODELS[key] = prepare_for_inference(model, channels_last=channels_last)
-        return _CAM_MODELS[key], device
+            return prepare_for_inference(model, channels_last=channels_last)
+
+        return load_once(self.checkpoint, load, str(device), channels_last, self.config.inference_stride), device
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         import numpy as np
