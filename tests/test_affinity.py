@@ -150,3 +150,159 @@ def test_pair_dots_equals_the_gathered_products(rng):
         for band in (1, 3, 8, 20):
             np.testing.assert_allclose(pair_dots(flat, src, dst, width=13, radius=radius, band=band).numpy(),
                                        want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- AffinityNet (learned affinity)
+def test_confident_labels_keep_the_sure_pixels_and_leave_the_rest_unused():
+    from wsss.trainers.affinity_head import confident_labels
+
+    maps = np.zeros((2, 16, 16), np.float32)
+    maps[0, :8, :8] = 1.0      # class 3: top-left cell of the 2x2 grid, at its maximum
+    maps[1, :8, 8:] = 0.4      # class 7: top-right at 0.4 of its maximum ...
+    maps[1, 8:, 8:] = 1.0      # ... and bottom-right at it
+    labels = confident_labels(maps, [3, 7], (2, 2), fg=0.5, bg=0.1)
+    # top-right is neither sure (0.4 < 0.5) nor background (0.4 >= 0.1): unused; bottom-left: no map fires
+    np.testing.assert_array_equal(labels, [[3, 255], [0, 7]])
+    assert (confident_labels(maps[:0], [], (3, 4), fg=0.5, bg=0.1) == 0).all()
+
+
+def test_affinity_loss_is_zero_for_a_perfect_embedding_and_psas_value_for_a_flat_one():
+    from wsss.trainers.affinity_head import affinity_loss, half_offsets
+
+    labels = torch.zeros(1, 6, 6, dtype=torch.long)
+    labels[0, :, 3:] = 5
+    labels[0, 0, 0] = 255
+    perfect = torch.zeros(1, 4, 6, 6)
+    perfect[0, :, :, 3:] = 50.0  # far apart across the edge (affinity e^-50), equal within a side (1)
+    assert float(affinity_loss(perfect, labels, radius=2)) == pytest.approx(0.0, abs=1e-4)
+    flat = torch.zeros(1, 4, 6, 6)  # every affinity 1: the differing pairs cost -log(1e-5) each
+    assert float(affinity_loss(flat, labels, radius=2)) == pytest.approx(0.5 * -np.log(1e-5), rel=1e-3)
+    assert (0, 1) in half_offsets(2) and (0, -1) not in half_offsets(2) and (0, 0) not in half_offsets(2)
+    disc = [(dy, dx) for dy in range(-5, 6) for dx in range(-5, 6) if dy * dy + dx * dx <= 25]
+    assert len(half_offsets(5)) * 2 + 1 == len(disc) == 81
+    # all unused: no pair counts, the loss is 0 (and still differentiable)
+    e = torch.zeros(1, 4, 6, 6, requires_grad=True)
+    loss = affinity_loss(e, torch.full((1, 6, 6), 255), radius=2)
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+
+
+def test_learned_transition_keeps_the_walk_inside_an_embedding_region():
+    from wsss.seeds.affinity import learned_transition
+
+    e = torch.zeros(3, 8, 8)
+    e[:, :, 4:] = 1.0  # mean |difference| 1 across the edge: affinity e^-beta
+    t = torch.from_numpy(learned_transition(e, radius=2, beta=32).toarray())
+    np.testing.assert_allclose(t.sum(1).numpy(), 1.0, atol=1e-6)
+    left = torch.zeros(8, 8, dtype=torch.bool)
+    left[:, :4] = True
+    left = left.flatten()
+    assert t[left][:, ~left].max() < 1e-12 and t[~left][:, left].max() < 1e-12
+    cams = np.zeros((1, 64, 64), np.float32)
+    cams[0, :16, :16] = 1.0
+    mask = cam_seed_mask(random_walk(cams, learned_transition(e, radius=2, beta=32), (8, 8), log_t=7), [2],
+                         bg_threshold=0.4)
+    assert (mask[:, :24] == 2).all() and (mask[:, 40:] == 0).all()
+
+
+@pytest.mark.slow
+def test_refine_affinitynet_stage_cli(demo_root, tmp_path):
+    from wsss.datasets import open_dataset
+    from wsss.seeds.affinity import propagate_cams_learned
+    from wsss.trainers.affinity_head import load_affinity_net
+    from wsss.trainers.cam_classifier import load_classifier
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(main, ["seeds", "--method", "cam", "--dataset", str(demo_root), "--run", str(run),
+                               *TINY_CAM])
+    assert res.exit_code == 0, res.output
+    cam = run / "seeds" / "cam"
+    res = runner.invoke(main, ["refine", "--affinity", "--input", str(cam), "--dataset", str(demo_root),
+                               "--run", str(run), "--log-t", "4"])
+    assert res.exit_code == 0, res.output
+    args = ["refine", "--affinitynet", "--input", str(cam), "--labels", str(run / "refined" / "affinity"),
+            "--dataset", str(demo_root), "--run", str(run), "--epochs", "3", "--batch-size", "4", "--crop-size", "48",
+            "--log-t", "4", "--bg-threshold", "0.3"]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0, res.output
+    stage = run / "refined" / "affinitynet"
+    info = json.loads((stage / "stage.json").read_text())
+    assert info["config"]["epochs"] == 3 and info["config"]["beta"] == 32.0
+    rows = list(csv.DictReader(open(stage / "manifest.csv")))
+    dataset = open_dataset(demo_root)
+    assert len(rows) == len(dataset.ids) and all(r["status"] == "ok" for r in rows)
+    log_rows = list(csv.DictReader(open(stage / "affinity_train_log.csv")))
+    assert [int(r["epoch"]) for r in log_rows] == [1, 2, 3] and all(int(r["images"]) == 12 for r in log_rows)
+    head = stage / "affinity_head.pt"
+    net = load_affinity_net(head, load_classifier(cam / "classifier.pt"))
+    # the backbone stayed the classifier's: training moved the head only
+    classifier = load_classifier(cam / "classifier.pt")
+    for name, value in classifier.backbone.state_dict().items():
+        torch.testing.assert_close(net.backbone.state_dict()[name], value)
+    for image_id in dataset.ids[:3]:
+        sample = dataset.load(image_id)
+        scores, ids = read_scores(stage / "scores" / f"{image_id}.npz")
+        cams, cam_ids = read_scores(cam / "scores" / f"{image_id}.npz")
+        assert ids.tolist() == cam_ids.tolist() == sorted(sample.image_labels)
+        expected = propagate_cams_learned(net, sample.image, cams, log_t=4)
+        np.testing.assert_allclose(scores, expected, atol=2e-3)
+        np.testing.assert_array_equal(read_mask(stage / "masks" / f"{image_id}.png"),
+                                      cam_seed_mask(scores, ids, bg_threshold=0.3))
+    # resumes: nothing trained or written again
+    before = head.stat().st_mtime_ns
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0 and f"0 written, {len(dataset.ids)} resumed" in res.output
+    assert head.stat().st_mtime_ns == before
+    # a trained head labels other images (here: another run folder) without training
+    res = runner.invoke(main, ["refine", "--affinitynet", "--input", str(cam), "--head", str(head),
+                               "--dataset", str(demo_root), "--run", str(tmp_path / "r2"), "--log-t", "4",
+                               "--bg-threshold", "0.3"])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "r2" / "refined" / "affinitynet" / "affinity_head.pt").exists()
+    other, _ = read_scores(tmp_path / "r2" / "refined" / "affinitynet" / "scores" / f"{dataset.ids[0]}.npz")
+    np.testing.assert_array_equal(other, read_scores(stage / "scores" / f"{dataset.ids[0]}.npz")[0])
+    # errors: --head and --labels together; a head that is not one; regions from a stage without scores
+    def refine(run_dir, *extra):
+        return runner.invoke(main, ["refine", "--affinitynet", "--input", str(cam), "--dataset", str(demo_root),
+                                    "--run", str(tmp_path / run_dir), "--epochs", "1", "--crop-size", "48", *extra])
+
+    res = refine("r3", "--head", str(head), "--labels", str(run / "refined" / "affinity"))
+    assert res.exit_code == 2 and "--labels (what to train on) does not apply" in res.output
+    res = refine("r4", "--head", str(cam / "classifier.pt"))
+    assert res.exit_code == 2 and "not a wsss affinity head" in res.output
+    runner.invoke(main, ["seeds", "--method", "threshold", "--dataset", str(demo_root), "--run", str(run)])
+    res = refine("r5", "--labels", str(run / "seeds" / "threshold"))
+    assert res.exit_code == 2 and "keeps no scores/ to learn the affinity from" in res.output
+
+
+def test_the_head_learns_to_separate_two_regions_the_backbone_sees_apart(rng):
+    from wsss.models.classifier import build_classifier
+    from wsss.trainers.affinity_head import affinity_loss, build_affinity_net
+
+    torch.manual_seed(0)
+    net = build_affinity_net(build_classifier(num_classes=3, backbone="resnet18").eval(), dim=16)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = (200, 40, 40)
+    image[:, 32:] = (40, 40, 200)
+    image = np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
+    x = net.normalise(torch.from_numpy(image).permute(2, 0, 1)[None])
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :, 4:] = 3
+    labels[0, :, 3:5] = 255  # the cells at the edge are not sure
+    optimizer = torch.optim.Adam(net.head.parameters(), lr=0.01)
+    net.train()
+    losses = []
+    for _ in range(40):
+        loss = affinity_loss(net(x), labels, radius=3)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert not any(p.requires_grad for p in net.backbone.parameters()) and not net.backbone.training
+    with torch.no_grad():
+        e = net.eval()(x)[0]
+    aff = lambda a, b: float(torch.exp(-(e[:, a[0], a[1]] - e[:, b[0], b[1]]).abs().mean()))  # noqa: E731
+    assert losses[-1] < 0.3 * losses[0]
+    assert aff((2, 1), (5, 1)) > 0.7 and aff((2, 6), (5, 6)) > 0.7  # within a side
+    assert aff((2, 1), (2, 6)) < 0.1  # across the edge

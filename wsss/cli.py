@@ -214,6 +214,8 @@ from .stages.refine import REFINERS  # noqa: E402  (registry is light: pydensecr
               help=f"crf: {REFINERS['crf'].summary} -> RUN/refined/crf/")
 @click.option("--affinity", "method", flag_value="affinity",
               help=f"affinity: {REFINERS['affinity'].summary} -> RUN/refined/affinity/")
+@click.option("--affinitynet", "method", flag_value="affinitynet",
+              help=f"affinitynet: {REFINERS['affinitynet'].summary} -> RUN/refined/affinitynet/")
 @click.option("--input", "input_stage", required=True, type=click.Path(file_okay=False),
               help="stage folder to refine (any: RUN/seeds/grabcut, RUN/labels/..., a folder of mask PNGs)")
 @common_stage_options

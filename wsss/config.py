@@ -497,6 +497,36 @@ class AffinityConfig:
 
 
 @dataclass(frozen=True)
+class AffinityNetConfig:
+    """psa's AffinityNet on a frozen CAM classifier (:mod:`wsss.models.affinity_head`): a head trained on the
+    confident regions of CAM-like maps, then the CAMs walked over its learned affinity. Defaults chosen on voc-dev
+    train[::4] (bench/RESULTS.md)."""
+
+    checkpoint: typing.Optional[str] = option(None, "classifier.pt of the CAMs (default: the input cam stage's own)")
+    labels: typing.Optional[str] = option(None, "stage folder whose scores/ give the training regions (default: the "
+                                                "input; best: the training-free walk, RUN/refined/affinity)")
+    head: typing.Optional[str] = option(None, "a trained affinity_head.pt to use instead of training one here "
+                                              "(e.g. the train split's, to label val)")
+    confident_fg: float = option(0.5, "training regions: a class where its map (divided by its maximum) is the "
+                                      "highest and >= this")
+    confident_bg: float = option(0.1, "training regions: background where every map is below this; others unused")
+    epochs: int = option(4, "passes over the split's images")
+    batch_size: int = option(8, "images per step")
+    crop_size: int = option(320, "random crop in pixels (a multiple of 8)")
+    lr: float = option(0.001, "AdamW learning rate (poly decay)")
+    weight_decay: float = option(0.0001, "AdamW weight decay")
+    dim: int = option(128, "embedding channels")
+    max_minutes: typing.Optional[float] = option(None, "training time budget in minutes (None: the epochs)")
+    seed: int = option(0, "random seed of the head's initialisation and the crops")
+    radius: float = option(5.0, "pairs within this distance on the stride-8 grid (psa: 5)")
+    beta: float = option(32.0, "affinity ** beta in the walk")
+    log_t: int = option(8, "the walk takes 2 ** log_t steps (psa: 8)")
+    bg_threshold: float = option(0.25, "walked map (divided by its maximum) at or below this is background in masks/")
+    device: str = option("auto", "torch device (auto: cuda when available)", ("auto", "cpu", "cuda"),
+                         hashed=False)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """``wsss train``: DeepLab-v2's recipe (Chen et al. 2017) as defaults; applies to every zoo model."""
 

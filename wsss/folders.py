@@ -108,6 +108,17 @@ class StageFolder:
             raise ImageError(f"{self.path}: stage keeps no scores for {image_id!r}; use a stage that writes scores/")
         return read_scores(self.path / rel)
 
+    def scores_at(self, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`scores` resized (bilinear) to ``shape`` (H, W) when stored at another size (e.g. CAMs kept at
+        half size), and their class ids."""
+        scores, class_ids = self.scores(image_id)
+        if scores.shape[1:] != tuple(shape):
+            import cv2
+
+            scores = np.stack([cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for m in scores]) \
+                if len(scores) else np.zeros((0,) + tuple(shape), np.float32)
+        return scores, class_ids
+
     @property
     def has_scores(self) -> bool:
         return any(r.get("scores") for r in self.rows.values())

@@ -124,3 +124,42 @@ def propagate_cams(model, image: np.ndarray, cams: np.ndarray, *, stride: int = 
     features = affinity_features(model, image, stride=stride)
     transition = transition_matrix(features, radius=radius, beta=beta)
     return random_walk(cams, transition, tuple(features.shape[1:]), log_t=log_t)
+
+
+# ------------------------------------------------------------------------------------- learned affinity
+def embedding_of(net, image: np.ndarray) -> torch.Tensor:
+    """(D, h, w) float32 embedding of ``image`` (H, W, 3 uint8) by an :class:`~wsss.models.affinity_head.AffinityNet`
+    on its stride-8 grid, averaged with the flipped image's."""
+    device = next(net.parameters()).device
+    with torch.inference_mode():
+        x = net.normalise(torch.from_numpy(np.array(image, np.uint8)).to(device).permute(2, 0, 1)[None])
+        e = net(torch.cat([x, x.flip(-1)]))
+        return ((e[0] + e[1].flip(-1)) / 2).float().cpu()
+
+
+def learned_transition(embedding: torch.Tensor, *, radius: float = 5.0, beta: float = 32.0, chunk: int = 1 << 18):
+    """Row-stochastic sparse (n, n) ``D^-1 A`` of the grid with psa's learned affinity
+    ``a_ij = exp(-mean_c |e_i - e_j|) ** beta`` within ``radius``, ``a_ii = 1`` (``scipy.sparse.csr_matrix``)."""
+    import scipy.sparse
+
+    d, h, w = embedding.shape
+    src, dst = grid_pairs(h, w, radius)
+    flat = embedding.reshape(d, -1).float()
+    dist = torch.cat([(flat[:, src[i:i + chunk]] - flat[:, dst[i:i + chunk]]).abs().mean(0)
+                      for i in range(0, len(src), chunk)])
+    value = torch.exp(-beta * dist)  # exp(-dist) ** beta
+    value[src == dst] = 1.0
+    degree = torch.zeros(h * w).index_add_(0, src, value)
+    value = (value / degree[src]).numpy()
+    return scipy.sparse.csr_matrix((value, (src.numpy(), dst.numpy())), shape=(h * w, h * w), dtype=np.float32)
+
+
+def propagate_cams_learned(net, image: np.ndarray, cams: np.ndarray, *, radius: float = 5.0, beta: float = 32.0,
+                           log_t: int = 8) -> np.ndarray:
+    """CAMs (K, H, W) of ``image`` walked over a trained AffinityNet's affinity (:func:`learned_transition`)."""
+    if cams.shape[1:] != image.shape[:2]:
+        raise ValueError(f"cams {cams.shape[1:]} and image {image.shape[:2]} differ in size")
+    if len(cams) == 0:
+        return np.asarray(cams, np.float32).copy()
+    e = embedding_of(net, image)
+    return random_walk(cams, learned_transition(e, radius=radius, beta=beta), tuple(e.shape[1:]), log_t=log_t)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import AffinityConfig, CRFConfig
+from ..config import AffinityConfig, AffinityNetConfig, CRFConfig
 from ..datasets import Dataset, Sample
 from ..errors import ConfigError, ImageError, StageError
 from ..folders import StageFolder
@@ -67,14 +67,7 @@ def _crf_job(config: CRFConfig, *, upstream: dict, **_):
 
 def _input_scores(folder: StageFolder, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """The input's (K, H, W) scores of ``sample`` at the image's size (bilinear when stored smaller) and class ids."""
-    scores, class_ids = folder.scores(sample.id)
-    shape = sample.image.shape[:2]
-    if scores.shape[1:] != shape:
-        import cv2
-
-        scores = np.stack([cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for m in scores]) \
-            if len(scores) else np.zeros((0,) + shape, np.float32)
-    return scores, class_ids
+    return folder.scores_at(sample.id, sample.image.shape[:2])
 
 
 @dataclass
@@ -140,12 +133,86 @@ def _input_classifier(folder: StageFolder) -> str:
                       "(the classifier.pt of the cam stage that made these CAMs)")
 
 
+@dataclass
+class AffinityNetJob:
+    """Random walk of one image's CAMs over a trained AffinityNet's affinity (the nets load lazily)."""
+
+    checkpoint: str  # the classifier
+    head: str        # the trained affinity_head.pt
+    config: AffinityNetConfig
+    needs_image = True
+    uses_torch = True
+
+    def net(self):
+        from ..runtime import pick_device
+        from ..trainers.affinity_head import load_affinity_net
+        from ..trainers.cam_classifier import load_classifier
+
+        device = pick_device(self.config.device)
+        return load_once(self.head, lambda: load_affinity_net(self.head, load_classifier(self.checkpoint),
+                                                              device=device), self.checkpoint, str(device))
+
+    def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
+        from ..seeds.affinity import propagate_cams_learned
+        from ..seeds.cam import cam_seed_mask
+
+        scores, class_ids = _input_scores(upstream["input"], sample)
+        keep = np.asarray(class_ids) != 0
+        scores, class_ids = scores[keep].astype(np.float32), np.asarray(class_ids)[keep]
+        c = self.config
+        walked = propagate_cams_learned(self.net(), sample.image, scores, radius=c.radius, beta=c.beta,
+                                        log_t=c.log_t)
+        walked = walked.astype(np.float16).astype(np.float32)  # as stored: the kept scores reproduce the mask
+        return ImageResult(cam_seed_mask(walked, class_ids, bg_threshold=c.bg_threshold), scores=walked,
+                           class_ids=class_ids)
+
+
+def _affinitynet_job(config: AffinityNetConfig, *, upstream: dict, dataset: Dataset, stage_dir: Path, **_):
+    """Train the head into the stage folder (resumable; unless ``--head`` is given) on the regions of ``--labels``
+    (or the upstream role ``labels``; default: the input), then the job walking the input's CAMs."""
+    from ..trainers.affinity_head import train_affinity_head
+
+    if "input" not in upstream:
+        raise StageError("wsss refine --affinitynet needs --input RUN/seeds/cam (a stage folder with CAM scores/)")
+    for name, value, low in (("--radius", config.radius, 1.0), ("--log-t", config.log_t, 0),
+                             ("--beta", config.beta, 0.0)):
+        if value < low:
+            raise ConfigError(f"{name} {value}: give at least {low:g}")
+    folder: StageFolder = upstream["input"]
+    if not folder.has_scores:
+        raise StageError(f"{folder.path}: keeps no scores/; the affinity walk spreads CAMs: give a cam stage "
+                         "(RUN/seeds/cam)")
+    checkpoint = config.checkpoint or _input_classifier(folder)
+    if not Path(checkpoint).is_file():
+        raise ConfigError(f"--checkpoint {checkpoint}: no such file; give the classifier.pt of the cam stage")
+    given = upstream.get("labels")
+    if given is not None and config.labels:
+        raise ConfigError("give the training regions once: --labels or the recipe input 'labels', not both")
+    if config.head:
+        if given is not None or config.labels:
+            raise ConfigError("--head uses a trained head: --labels (what to train on) does not apply; give one")
+        head = config.head
+    else:
+        labels = given if given is not None else StageFolder.open(config.labels) if config.labels else folder
+        if not labels.has_scores:
+            raise StageError(f"{labels.path}: keeps no scores/ to learn the affinity from; give --labels a stage "
+                             "with scores/ (e.g. RUN/refined/affinity)")
+        head = str(train_affinity_head(dataset, labels, checkpoint, stage_dir, config))
+    job = AffinityNetJob(str(checkpoint), str(head), config)
+    job.net()  # fail early (unreadable head, another classifier) before the image loop
+    return job
+
+
 REFINERS: dict[str, MethodSpec] = {
     "crf": MethodSpec(CRFConfig, _crf_job, "dense CRF over the labels present (unary from scores/ or masks)",
                       upstream=("input",)),
     "affinity": MethodSpec(AffinityConfig, _affinity_job, "random walk of CAMs over their classifier's feature "
                            "affinity (psa/IRN's propagation, training-free); walked maps in scores/",
                            writes_scores=True, upstream=("input",)),
+    "affinitynet": MethodSpec(AffinityNetConfig, _affinitynet_job, "psa's AffinityNet: a head on the frozen "
+                              "classifier learns the affinity from confident regions (--labels), then the CAMs walk "
+                              "over it; walked maps in scores/", writes_scores=True, upstream=("input",),
+                              optional_upstream=("labels",)),
 }
 
 
