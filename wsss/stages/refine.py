@@ -88,24 +88,18 @@ class AffinityJob:
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         from ..seeds.affinity import propagate_cams
-        from ..seeds.cam import cam_seed_mask
 
-        scores, class_ids = _input_scores(upstream["input"], sample)
-        keep = np.asarray(class_ids) != 0  # a background map (e.g. CRF marginals) is not walked
-        scores, class_ids = scores[keep].astype(np.float32), np.asarray(class_ids)[keep]
         c = self.config
-        walked = propagate_cams(self.model(), sample.image, scores, stride=c.stride, radius=c.radius, beta=c.beta,
-                                log_t=c.log_t)
-        walked = walked.astype(np.float16).astype(np.float32)  # as stored: the kept scores reproduce the mask
-        return ImageResult(cam_seed_mask(walked, class_ids, bg_threshold=c.bg_threshold), scores=walked,
-                           class_ids=class_ids)
+        return _walked(*_input_scores(upstream["input"], sample),
+                       lambda maps: propagate_cams(self.model(), sample.image, maps, stride=c.stride, radius=c.radius,
+                                                   beta=c.beta, log_t=c.log_t), c.bg_threshold)
 
 
-def _affinity_job(config: AffinityConfig, *, upstream: dict, **_):
-    """The affinity job; its classifier: ``--checkpoint``, else the input cam stage's (its ``classifier.pt`` or
-    the ``--checkpoint`` it was made with)."""
+def _walk_inputs(config, upstream: dict, flag: str) -> tuple[StageFolder, str]:
+    """The checks both walks share: the input cam stage (with scores/), the walk's settings, and the classifier
+    (``--checkpoint``, else the input stage's ``classifier.pt`` or the ``--checkpoint`` it was made with)."""
     if "input" not in upstream:
-        raise StageError("wsss refine --affinity needs --input RUN/seeds/cam (a stage folder with CAM scores/)")
+        raise StageError(f"wsss refine {flag} needs --input RUN/seeds/cam (a stage folder with CAM scores/)")
     for name, value, low in (("--radius", config.radius, 1.0), ("--log-t", config.log_t, 0),
                              ("--beta", config.beta, 0.0)):
         if value < low:
@@ -117,7 +111,25 @@ def _affinity_job(config: AffinityConfig, *, upstream: dict, **_):
     checkpoint = config.checkpoint or _input_classifier(folder)
     if not Path(checkpoint).is_file():
         raise ConfigError(f"--checkpoint {checkpoint}: no such file; give the classifier.pt of the cam stage")
-    job = AffinityJob(str(checkpoint), config)
+    return folder, str(checkpoint)
+
+
+def _walked(scores: np.ndarray, class_ids, walk, bg_threshold: float) -> ImageResult:
+    """``walk(maps)`` of the foreground ``scores`` (a background map, e.g. CRF marginals, is not walked), stored as
+    float16 (so the kept scores reproduce the mask) and their dense label map at ``bg_threshold``."""
+    from ..seeds.cam import cam_seed_mask
+
+    keep = np.asarray(class_ids) != 0
+    scores, class_ids = scores[keep].astype(np.float32), np.asarray(class_ids)[keep]
+    walked = walk(scores).astype(np.float16).astype(np.float32)
+    return ImageResult(cam_seed_mask(walked, class_ids, bg_threshold=bg_threshold), scores=walked,
+                       class_ids=class_ids)
+
+
+def _affinity_job(config: AffinityConfig, *, upstream: dict, **_):
+    """The affinity job on the input's CAMs and their classifier (:func:`_walk_inputs`)."""
+    _, checkpoint = _walk_inputs(config, upstream, "--affinity")
+    job = AffinityJob(checkpoint, config)
     job.model()  # fail early (unreadable checkpoint) before the image loop
     return job
 
@@ -154,17 +166,11 @@ class AffinityNetJob:
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         from ..seeds.affinity import propagate_cams_learned
-        from ..seeds.cam import cam_seed_mask
 
-        scores, class_ids = _input_scores(upstream["input"], sample)
-        keep = np.asarray(class_ids) != 0
-        scores, class_ids = scores[keep].astype(np.float32), np.asarray(class_ids)[keep]
         c = self.config
-        walked = propagate_cams_learned(self.net(), sample.image, scores, radius=c.radius, beta=c.beta,
-                                        log_t=c.log_t)
-        walked = walked.astype(np.float16).astype(np.float32)  # as stored: the kept scores reproduce the mask
-        return ImageResult(cam_seed_mask(walked, class_ids, bg_threshold=c.bg_threshold), scores=walked,
-                           class_ids=class_ids)
+        return _walked(*_input_scores(upstream["input"], sample),
+                       lambda maps: propagate_cams_learned(self.net(), sample.image, maps, radius=c.radius,
+                                                           beta=c.beta, log_t=c.log_t), c.bg_threshold)
 
 
 def _affinitynet_job(config: AffinityNetConfig, *, upstream: dict, dataset: Dataset, stage_dir: Path, **_):
@@ -172,19 +178,7 @@ def _affinitynet_job(config: AffinityNetConfig, *, upstream: dict, dataset: Data
     (or the upstream role ``labels``; default: the input), then the job walking the input's CAMs."""
     from ..trainers.affinity_head import train_affinity_head
 
-    if "input" not in upstream:
-        raise StageError("wsss refine --affinitynet needs --input RUN/seeds/cam (a stage folder with CAM scores/)")
-    for name, value, low in (("--radius", config.radius, 1.0), ("--log-t", config.log_t, 0),
-                             ("--beta", config.beta, 0.0)):
-        if value < low:
-            raise ConfigError(f"{name} {value}: give at least {low:g}")
-    folder: StageFolder = upstream["input"]
-    if not folder.has_scores:
-        raise StageError(f"{folder.path}: keeps no scores/; the affinity walk spreads CAMs: give a cam stage "
-                         "(RUN/seeds/cam)")
-    checkpoint = config.checkpoint or _input_classifier(folder)
-    if not Path(checkpoint).is_file():
-        raise ConfigError(f"--checkpoint {checkpoint}: no such file; give the classifier.pt of the cam stage")
+    folder, checkpoint = _walk_inputs(config, upstream, "--affinitynet")
     given = upstream.get("labels")
     if given is not None and config.labels:
         raise ConfigError("give the training regions once: --labels or the recipe input 'labels', not both")
