@@ -87,6 +87,24 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = N
     return out
 
 
+def epochs_done(saved: dict) -> FitState:
+    """Where an epoch-mode trainer's checkpoint left off: the ``epoch``, ``train_seconds`` and ``log`` rows that the
+    CAM classifier and the affinity head save next to :func:`training_state`."""
+    return FitState(epoch=int(saved["epoch"]), elapsed=float(saved["train_seconds"]),
+                    rows=list(saved.get("log", [])))
+
+
+def mark_complete(path, saved: dict) -> None:
+    """After :func:`fit`: a checkpoint (``saved``, read back from ``path``) that is not ``complete`` had its budget
+    spent before this run started; mark the schedule finished and drop the optimizer state (only a resume needs it)."""
+    from .io import save_checkpoint
+
+    if not saved.get("complete"):
+        saved["complete"] = True
+        saved.pop("optimizer", None)
+        save_checkpoint(path, saved)
+
+
 def restore(saved: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Put back what :func:`training_state` saved: the weights, the optimizer state (a checkpoint without one, e.g.
     a finished one marked unfinished by hand, starts the optimizer afresh with a warning) and the RNG states (also

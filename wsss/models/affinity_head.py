@@ -75,8 +75,3 @@ class AffinityNet(nn.Module):
         with torch.no_grad():
             maps = self.backbone(x)
         return self.head([maps[i].float() for i in self.taps], grid_size(*x.shape[-2:]))
-
-
-def pair_affinity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """psa's affinity of embeddings ``a`` and ``b`` (same shape, channels first): ``exp(-mean_c |a - b|)``."""
-    return torch.exp(-(a - b).abs().mean(dim=0 if a.dim() in (1, 2) else 1))

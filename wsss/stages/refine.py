@@ -192,7 +192,7 @@ def _affinitynet_job(config: AffinityNetConfig, *, upstream: dict, dataset: Data
             raise StageError(f"{labels.path}: keeps no scores/ to learn the affinity from; give --labels a stage "
                              "with scores/ (e.g. RUN/refined/affinity)")
         head = str(train_affinity_head(dataset, labels, checkpoint, stage_dir, config))
-    job = AffinityNetJob(str(checkpoint), str(head), config)
+    job = AffinityNetJob(checkpoint, str(head), config)
     job.net()  # fail early (unreadable head, another classifier) before the image loop
     return job
 

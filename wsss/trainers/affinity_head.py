@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from ..config import AffinityNetConfig, config_to_dict
 from ..datasets import Dataset
 from ..errors import ConfigError, UnsafeFileError
-from ..fit import FitState, fit, training_state
+from ..fit import FitState, epochs_done, fit, mark_complete, training_state
 from ..io import load_checkpoint, save_checkpoint, write_bytes, write_csv
 from ..models.affinity_head import GRID_STRIDE, AffinityNet, grid_size
 from ..runtime import pick_device
@@ -112,7 +112,6 @@ class RegionDataset(torch.utils.data.Dataset):
         sample = self.dataset.load(self.ids[k], gt=False)
         image = np.asarray(sample.image)
         regions = self.regions(sample.id, image)
-        h, w = image.shape[:2]
         gh, gw = regions.shape
         cells = self.config.crop_size // GRID_STRIDE
         gy = int(torch.randint(0, max(0, gh - cells) + 1, (1,)))
@@ -155,7 +154,7 @@ def load_affinity_net(path: str | Path, classifier, *, device="cpu") -> Affinity
     """The trained net of ``path`` (head and backbone weights) on ``classifier``'s architecture, in eval mode."""
     state = read_head_checkpoint(path)
     meta = state["meta"]
-    if meta.get("backbone") != getattr(classifier, "backbone_name", meta.get("backbone")):
+    if meta.get("backbone") != classifier.backbone_name:
         raise ConfigError(f"{path}: trained on a {meta.get('backbone')} classifier, not this one; train it again "
                           "for this classifier")
     net = build_affinity_net(classifier, dim=int(meta["dim"]))
@@ -191,8 +190,7 @@ def train_affinity_head(dataset: Dataset, labels_folder, classifier_path: str | 
         if saved.get("complete"):
             log.info("%s: training already complete; reusing it", ckpt_path)
             return ckpt_path
-        state = FitState(epoch=int(saved["epoch"]), elapsed=float(saved["train_seconds"]),
-                         rows=list(saved.get("log", [])))
+        state = epochs_done(saved)
         log.info("%s: resuming after epoch %d", ckpt_path, state.epoch)
     device = pick_device(config.device)
     classifier = load_classifier(classifier_path)
@@ -218,7 +216,7 @@ def train_affinity_head(dataset: Dataset, labels_folder, classifier_path: str | 
                           "affinity from; give --labels a stage folder with scores/ for these images")
     data.ids = ids
     batch = min(config.batch_size, len(ids))
-    meta = {"kind": "affinity_head", "backbone": getattr(classifier, "backbone_name", None), "dim": config.dim,
+    meta = {"kind": "affinity_head", "backbone": classifier.backbone_name, "dim": config.dim,
             "classifier": str(classifier_path), "config": config_to_dict(config), "train_ids": len(ids)}
     log_path = out_dir / TRAIN_LOG
     write_bytes(log_path, (LOG_HEADER + "".join(state.rows)).encode())
@@ -243,9 +241,5 @@ def train_affinity_head(dataset: Dataset, labels_folder, classifier_path: str | 
     fit(net, optimizer, epoch_batches, lambda e, t: affinity_loss(e, t, radius=config.radius), lr=config.lr,
         epochs=config.epochs, steps_per_epoch=len(ids) // batch, state=state, restore_from=saved, budget=budget,
         device=device, save=save, on_epoch=on_epoch, desc="affinity head", unit="batch", where=str(ckpt_path))
-    final = read_head_checkpoint(ckpt_path)
-    if not final.get("complete"):  # the budget was spent before this run started
-        final["complete"] = True
-        final.pop("optimizer", None)
-        save_checkpoint(ckpt_path, final)
+    mark_complete(ckpt_path, read_head_checkpoint(ckpt_path))
     return ckpt_path

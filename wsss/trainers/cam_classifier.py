@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from ..config import CamConfig, config_to_dict
 from ..datasets import Dataset
 from ..errors import ConfigError, DatasetError, ImageError, UnsafeFileError
-from ..fit import FitState, fit, training_state
+from ..fit import FitState, epochs_done, fit, mark_complete, training_state
 from ..io import load_checkpoint, save_checkpoint, write_bytes, write_csv
 from ..progress import progress
 from ..runtime import pick_device
@@ -169,8 +169,7 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
             log.info("%s: training already complete; reusing it", ckpt_path)
             return ckpt_path
         saved["model"] = classifier_state(saved["model"])  # checkpoints before the backbone contract too
-        state = FitState(epoch=int(saved["epoch"]), elapsed=float(saved["train_seconds"]),
-                         rows=list(saved.get("log", [])))
+        state = epochs_done(saved)
         log.info("%s: resuming after epoch %d", ckpt_path, state.epoch)
     bf16 = uses_bf16(config.bf16, device)  # --bf16 applies to training and inference alike
     channels_last = resolve_speed(config.channels_last, device, "channels_last")
@@ -211,9 +210,5 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
         steps_per_epoch=len(data) // batch, state=state, restore_from=saved, budget=budget, device=device,
         channels_last=channels_last, bf16=bf16, save=save, on_epoch=on_epoch, desc="cam classifier",
         unit="batch", where=str(ckpt_path))
-    state = read_checkpoint(ckpt_path)
-    if not state.get("complete"):  # the budget was spent before this run started: mark the schedule finished
-        state["complete"] = True
-        state.pop("optimizer", None)
-        save_checkpoint(ckpt_path, state)
+    mark_complete(ckpt_path, read_checkpoint(ckpt_path))
     return ckpt_path
