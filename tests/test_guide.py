@@ -286,3 +286,28 @@ def test_guide_unclaimed_tag_takes_its_dense_cam_pixels():
     want[12:15, 13:16] = 9
     np.testing.assert_array_equal(
         guide_labels(sal, cams, ids, tags, confident_threshold=1.01, unclaimed_threshold=0.6), want)
+
+
+def test_label_split_defaults_to_the_seeds_stage_split(demo_root, tmp_path):
+    """Without --split the label stage labels the images its --seeds stage was made on (as refine does with its
+    --input), not the layout's whole set: no image of another split is listed as failed."""
+    from click.testing import CliRunner
+
+    from wsss.cli import main
+    from wsss.datasets import open_dataset
+    from wsss.io import read_json
+
+    run = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(main, ["seeds", "--method", "threshold", "--dataset", str(demo_root), "--split", "val",
+                               "--run", str(run)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["label", "--guide", "cam", "--seeds", str(run / "seeds" / "threshold"),
+                               "--dataset", str(demo_root), "--run", str(run)])
+    assert res.exit_code == 0, res.output
+    info = read_json(run / "labels" / "cam" / "stage.json")
+    val_ids = open_dataset(demo_root, "val").ids
+    assert info["inputs"]["dataset"]["split"] == "val" and info["failures"] == []
+    assert sorted((run / "labels" / "cam" / "masks").iterdir()) == sorted(
+        run / "labels" / "cam" / "masks" / f"{i}.png" for i in val_ids)
+    assert len(val_ids) < len(open_dataset(demo_root, "trainval").ids)

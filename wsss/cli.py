@@ -279,11 +279,16 @@ from .stages.label import LABEL_GUIDES  # noqa: E402  (registry is light: no tor
 @method_options(LABEL_GUIDES)
 def label(guide, seeds_stage, saliency_stage, checkpoint_stage, reference_stage, dataset_path, split, run_dir,
           workers, overwrite, overlays, **options):
-    """Fuse seed stages into pseudo masks with a label guide into RUN/labels/GUIDE/."""
+    """Fuse seed stages into pseudo masks with a label guide into RUN/labels/GUIDE/.
+
+    --split defaults to the split of the --seeds stage (else --saliency's, from its stage.json).
+    """
     from .stages.label import run_label_stage
+    from .stages.refine import upstream_split
 
     config = pick_config(LABEL_GUIDES, guide, options)
-    dataset = _open(dataset_path, split)
+    upstream = next((s for s in (upstream_split(p) for p in (seeds_stage, saliency_stage) if p) if s), None)
+    dataset = _open(dataset_path, split or upstream)
     summary = run_label_stage(guide, config, dataset, Path(run_dir),
                               upstream_paths={"seeds": seeds_stage, "saliency": saliency_stage,
                                               "checkpoint": checkpoint_stage, "reference": reference_stage},
