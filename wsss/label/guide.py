@@ -20,7 +20,9 @@ Rules of :func:`guide_labels` (the ``saliency`` guide)
    with ``fill_single_tag`` an image with exactly one tag gives that tag to such regions instead (its class
    identity needs no seed).
 6. **Non-salient pixels** are background (0) unless a confident seed says otherwise: a class map >=
-   ``confident_threshold`` (default 0.8) there gives that class.
+   ``confident_threshold`` (default 0.8) there gives that class. Before a dense CRF a low value pays: the
+   ``voc_guided`` recipe uses 0.15 on walked CAMs (the CRF trims what the maps overreach; the saliency net alone
+   misses indoor objects), chosen on voc-dev train[1::4] (bench/RESULTS.md, issue 17).
 7. An image without tags is all background.
 8. With ``unclaimed_threshold`` (off by default): a tag that rules 3-6 gave no pixel (its object was not salient,
    or its seeds were outvoted in every region) takes the pixels labelled 0 or 255 where its map is the arg-max and
