@@ -225,7 +225,8 @@ def refine(method, input_stage, dataset_path, split, run_dir, workers, overwrite
 
     --split defaults to the input stage's split (from its stage.json).
     """
-    from .stages.refine import run_refine, upstream_split
+    from .folders import upstream_split
+    from .stages.refine import run_refine
 
     if method is None:
         raise click.UsageError(f"choose a refiner: {', '.join('--' + k for k in REFINERS)}")
@@ -283,12 +284,11 @@ def label(guide, seeds_stage, saliency_stage, checkpoint_stage, reference_stage,
 
     --split defaults to the split of the --seeds stage (else --saliency's, from its stage.json).
     """
+    from .folders import upstream_split
     from .stages.label import run_label_stage
-    from .stages.refine import upstream_split
 
     config = pick_config(LABEL_GUIDES, guide, options)
-    upstream = next((s for s in (upstream_split(p) for p in (seeds_stage, saliency_stage) if p) if s), None)
-    dataset = _open(dataset_path, split or upstream)
+    dataset = _open(dataset_path, split or upstream_split(seeds_stage) or upstream_split(saliency_stage))
     summary = run_label_stage(guide, config, dataset, Path(run_dir),
                               upstream_paths={"seeds": seeds_stage, "saliency": saliency_stage,
                                               "checkpoint": checkpoint_stage, "reference": reference_stage},

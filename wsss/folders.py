@@ -35,6 +35,18 @@ def _ok(row: dict | None) -> bool:
     return row is not None and row.get("status") == "ok"
 
 
+def upstream_split(path: str | Path | None) -> str | None:
+    """The split a stage folder was made on (its ``stage.json``), or None (no path, no stage.json, unreadable):
+    the default ``--split`` of a command reading that folder."""
+    info = Path(path) / "stage.json" if path else None
+    if info is None or not info.exists():
+        return None
+    try:
+        return read_json(info).get("inputs", {}).get("dataset", {}).get("split")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 @dataclass
 class StageFolder:
     """A stage folder: ``stage.json`` + ``manifest.csv`` + ``masks/`` (+ ``scores/``).

@@ -216,16 +216,3 @@ def run_refine(method: str, config, dataset: Dataset, run_dir: Path, *, input_pa
     upstream = {"input": StageFolder.open(input_path)}
     return run_method_stage("refined", method, REFINERS[method], config, dataset, run_dir, upstream=upstream,
                             workers=workers, overwrite=overwrite, overlays=overlays)
-
-
-def upstream_split(path: str | Path) -> str | None:
-    """The split an upstream stage folder was made on (its ``stage.json``), or None."""
-    info = Path(path) / "stage.json"
-    if not info.exists():
-        return None
-    from ..io import read_json
-
-    try:
-        return read_json(info).get("inputs", {}).get("dataset", {}).get("split")
-    except (ValueError, OSError, AttributeError):
-        return None
