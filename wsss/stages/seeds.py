@@ -146,15 +146,18 @@ def _saliency_job(config, **kwargs):
 
 @dataclass
 class CamJob:
-    """Multi-scale CAM of one image from a trained classifier checkpoint (picklable: the model loads lazily)."""
+    """Multi-scale CAM of one image from a trained classifier checkpoint (picklable: the model loads lazily), fused
+    with the ImageNet prior (:mod:`wsss.seeds.imagenet_prior`) when ``config.imagenet_prior`` > 0."""
 
     checkpoint: str
     config: "CamConfig"
     num_classes: int
+    class_names: tuple = ()
     needs_image = True
     uses_torch = True  # the runner caps each pool worker's torch threads
 
     def model(self):
+        """``(classifier, prior or None, device)``, loaded once per process."""
         from ..runtime import pick_device, resolve_speed
         from ..seeds.cam import prepare_for_inference
         from ..trainers.cam_classifier import load_classifier
@@ -165,9 +168,27 @@ class CamJob:
         def load():
             model = load_classifier(self.checkpoint, num_classes=self.num_classes, device=device,
                                     output_stride=self.config.inference_stride or None)
-            return prepare_for_inference(model, channels_last=channels_last)
+            return prepare_for_inference(model, channels_last=channels_last), self._prior(model, device)
 
-        return load_once(self.checkpoint, load, str(device), channels_last, self.config.inference_stride), device
+        model, prior = load_once(self.checkpoint, load, str(device), channels_last, self.config.inference_stride,
+                                 self.config.imagenet_prior > 0, self.config.imagenet_groups, self.class_names)
+        return model, prior, device
+
+    def _prior(self, model, device):
+        if self.config.imagenet_prior <= 0:
+            return None
+        from ..conventions import imagenet_groups
+        from ..errors import ConfigError
+        from ..models.backbones import LITE_VARIANTS
+        from ..seeds.imagenet_prior import ImageNetPrior
+
+        groups = imagenet_groups(self.class_names, self.config.imagenet_groups)
+        if not groups:
+            raise ConfigError("--imagenet-prior: no class of this dataset (" + ", ".join(self.class_names[1:]) +
+                              f") has an ImageNet group in {self.config.imagenet_groups or 'data/imagenet_groups.yaml'}"
+                              "; give --imagenet-groups FILE with their ImageNet kinds, or leave --imagenet-prior at 0")
+        backbone = model.backbone_name if model.backbone_name in LITE_VARIANTS else "efficientnet_lite0"
+        return ImageNetPrior(groups, backbone=backbone).to(device)
 
     def __call__(self, sample: Sample, upstream: dict) -> ImageResult:
         import numpy as np
@@ -175,11 +196,17 @@ class CamJob:
         from ..runtime import resolve_speed, uses_bf16
         from ..seeds.cam import cam_seed_mask, multiscale_cam
 
-        model, device = self.model()
+        model, prior, device = self.model()
         bf16 = uses_bf16(self.config.bf16, device)
         cams, class_ids = multiscale_cam(model, sample.image, sample.image_labels, scales=self.config.scales,
                                          flip=self.config.flip, bf16=bf16,
                                          channels_last=resolve_speed(self.config.channels_last, device, "channels_last"))
+        if prior is not None and class_ids.size:
+            from ..seeds.imagenet_prior import fuse_prior, prior_maps
+
+            maps, has_group = prior_maps(prior, sample.image, class_ids, scales=self.config.imagenet_prior_scales,
+                                         flip=self.config.flip)
+            cams = fuse_prior(cams, maps, has_group, self.config.imagenet_prior)
         cams = cams.astype(np.float16).astype(np.float32)  # as stored: the kept scores reproduce the mask exactly
         mask = cam_seed_mask(cams, class_ids, bg_threshold=self.config.bg_threshold,
                              fg_threshold=self.config.fg_threshold)
@@ -204,7 +231,11 @@ def _cam_job(config, *, stage_dir, dataset, workers=1, **_):
         train_set = dataset if config.train_split is None else open_dataset(dataset.root, config.train_split)
         checkpoint = str(train_classifier(train_set, stage_dir, config, loader_workers=0 if workers <= 1 else
                                           min(workers, 4)))
-    job = CamJob(checkpoint, config, dataset.num_classes - 1)
+    if not 0.0 <= config.imagenet_prior <= 1.0:
+        raise ConfigError(f"--imagenet-prior {config.imagenet_prior}: give a weight in 0..1 (0: off)")
+    if config.imagenet_prior > 0 and (not config.imagenet_prior_scales or min(config.imagenet_prior_scales) <= 0):
+        raise ConfigError(f"--imagenet-prior-scales {config.imagenet_prior_scales}: give positive scales, e.g. 1.0")
+    job = CamJob(checkpoint, config, dataset.num_classes - 1, tuple(dataset.classes))
     job.model()  # fail early (bad checkpoint, class count) before the image loop
     return job
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from .base import FREEZE_STRIDES, FreezableBackbone  # noqa: F401
-from .efficientnet_lite import LITE_VARIANTS, EfficientNetLiteBackbone, lite_weights
+from .efficientnet_lite import LITE_VARIANTS, EfficientNetLiteBackbone, imagenet_head, lite_weights
 from .resnet import IMAGENET_MEAN, IMAGENET_STD, RESNETS, ResNetBackbone, torchvision_weights
 
 #: every backbone name ``--backbone`` takes (VGG16 is the fixed encoder of the models defined on it, see .vgg)
@@ -154,4 +154,4 @@ def is_checkpoint_weights(weights) -> bool:
 
 __all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "LITE_VARIANTS", "OFFLINE_BACKBONE", "RESNETS",
            "EfficientNetLiteBackbone", "ResNetBackbone", "build_backbone", "check_state_fits", "is_lite",
-           "is_checkpoint_weights", "lite_weights", "load_backbone_file", "parse_weights", "torchvision_weights"]
+           "imagenet_head", "is_checkpoint_weights", "lite_weights", "load_backbone_file", "parse_weights", "torchvision_weights"]

