@@ -406,18 +406,11 @@ def build_config(cls, values: dict | None = None, *, where: str = "config"):
 
 
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML file with ``yaml.safe_load`` (no arbitrary objects)."""
-    import yaml
-
-    from .files import read_text
+    """Read a recipe YAML file (:func:`wsss.files.read_yaml`: ``yaml.safe_load``, no arbitrary objects)."""
+    from .files import read_yaml
 
     path = Path(path)
-    try:  # a regular file only (a FIFO would block), UTF-8 with the BOM dropped, errors naming the line
-        data = yaml.safe_load(read_text(path, "recipe", ConfigError))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: recipe file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml(path, "recipe", ConfigError, not_found="recipe file not found")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of keys to values")
     return data

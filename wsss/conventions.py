@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import read_text
+from .files import read_text, read_yaml
 
 BACKGROUND = 0
 IGNORE = 255
@@ -83,18 +83,13 @@ def imagenet_groups(class_names, path: Path | None = None) -> dict[int, tuple[in
     (one file serves any dataset with VOC's class names); an unknown ImageNet name is a
     :class:`~wsss.errors.ConfigError` naming it."""
     import torchvision
-    import yaml
 
     from .errors import ConfigError
 
     path = data_dir() / "imagenet_groups.yaml" if path is None else Path(path)
-    try:
-        table = yaml.safe_load(read_text(path, "ImageNet groups file", ConfigError)) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: ImageNet groups file not found; give the path of a YAML file "
-                          "(dataset class name: [ImageNet class names])") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    table = read_yaml(path, "ImageNet groups file", ConfigError,
+                      not_found="ImageNet groups file not found; give the path of a YAML file "
+                                "(dataset class name: [ImageNet class names])") or {}
     if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
         raise ConfigError(f"{path}: write one 'class: [ImageNet names]' line a class")
     categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # no download

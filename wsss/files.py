@@ -99,6 +99,21 @@ def read_text(path: str | os.PathLike, what: str = "text file", error: type[Exce
     return decode_utf8(data, path, error)
 
 
+def read_yaml(path: str | os.PathLike, what: str = "YAML file", error: type[Exception] = ConfigError,
+              not_found: str | None = None):
+    """``yaml.safe_load`` of a text input file (:func:`read_text`: regular file, UTF-8; no arbitrary objects). A
+    missing file raises ``error`` with ``"<path>: <not_found>"`` (default: the ``what`` is not found), invalid
+    YAML raises ``error`` naming the file and the parser's complaint."""
+    import yaml
+
+    try:
+        return yaml.safe_load(read_text(path, what, error))
+    except FileNotFoundError:
+        raise error(f"{path}: {not_found or what + ' not found'}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML ({exc})") from None
+
+
 def read_csv_rows(path: str | os.PathLike, what: str = "CSV file",
                   error: type[Exception] = DatasetError) -> list[tuple[int, list[str]]]:
     """``[(line number, cells), ...]`` of a CSV text file (UTF-8, BOM dropped, LF or CRLF); blank rows are left out.

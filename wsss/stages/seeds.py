@@ -151,10 +151,14 @@ class CamJob:
 
     checkpoint: str
     config: "CamConfig"
-    num_classes: int
-    class_names: tuple = ()
+    class_names: tuple  # the dataset's, background first
     needs_image = True
     uses_torch = True  # the runner caps each pool worker's torch threads
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes: the classifier's outputs."""
+        return len(self.class_names) - 1
 
     def model(self):
         """``(classifier, prior or None, device)``, loaded once per process."""
@@ -235,7 +239,7 @@ def _cam_job(config, *, stage_dir, dataset, workers=1, **_):
         raise ConfigError(f"--imagenet-prior {config.imagenet_prior}: give a weight in 0..1 (0: off)")
     if config.imagenet_prior > 0 and (not config.imagenet_prior_scales or min(config.imagenet_prior_scales) <= 0):
         raise ConfigError(f"--imagenet-prior-scales {config.imagenet_prior_scales}: give positive scales, e.g. 1.0")
-    job = CamJob(checkpoint, config, dataset.num_classes - 1, tuple(dataset.classes))
+    job = CamJob(checkpoint, config, tuple(dataset.classes))
     job.model()  # fail early (bad checkpoint, class count) before the image loop
     return job
 
