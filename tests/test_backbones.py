@@ -198,7 +198,13 @@ def test_normalisation_comes_from_the_backbone():
     clf = build_classifier(num_classes=2, backbone="efficientnet_lite0")
     assert torch.allclose(clf.normalise(torch.tensor(image).permute(2, 0, 1)[None]).flatten(),
                           torch.tensor([-1.0, 1.0, -0.6]))
-    assert saliency_net(backbone="efficientnet_lite0").mean.flatten().tolist() == [0.5, 0.5, 0.5]
+    unit = torch.tensor(image).permute(2, 0, 1)[None] / 255.0  # the saliency net's input is on the 0..1 scale
+    assert torch.allclose(saliency_net(backbone="efficientnet_lite0").backbone.normalise(unit, max_value=1.0).flatten(),
+                          torch.tensor([-1.0, 1.0, -0.6]))
+    # one normalisation on the backbone contract: ResNet's is ImageNet's mean / std
+    expected = [(0 - 0.485) / 0.229, (1 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]
+    got = build_classifier(num_classes=2, backbone="resnet18").normalise(torch.tensor(image).permute(2, 0, 1)[None])
+    assert got.dtype == torch.float32 and np.allclose(got.flatten().numpy(), expected, atol=1e-6)
 
 
 def test_old_classifier_checkpoints_still_load(tmp_path):

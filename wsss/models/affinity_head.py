@@ -67,9 +67,7 @@ class AffinityNet(nn.Module):
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 (or float 0..255) RGB -> the backbone's input (its ``mean`` and ``std``, 0..1 scale)."""
-        mean = torch.tensor(self.backbone.mean, device=images_uint8.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.backbone.std, device=images_uint8.device).view(1, 3, 1, 1)
-        return (images_uint8.float() / 255.0 - mean) / std
+        return self.backbone.normalise(images_uint8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -44,8 +44,6 @@ class CAMClassifier(nn.Module):
         self.out_channels = self.backbone.channels[-1]
         self.classifier = nn.Conv2d(self.out_channels, num_classes, kernel_size=1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
-        self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images -> (N, C, h, w) features at the output stride."""
@@ -68,7 +66,7 @@ class CAMClassifier(nn.Module):
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 (or float 0..255) RGB -> float input normalised as the backbone expects."""
-        return (images_uint8.float() / 255.0 - self.mean) / self.std
+        return self.backbone.normalise(images_uint8)
 
 
 def build_classifier(*, num_classes: int, backbone: str = "efficientnet_lite0", weights=None,

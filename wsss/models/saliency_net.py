@@ -73,12 +73,10 @@ class SaliencyNet(nn.Module):
         if not 0.0 < fg_prior < 1.0:
             raise ValueError(f"fg_prior must lie in (0, 1), got {fg_prior}")
         nn.init.constant_(self.head.bias, math.log(fg_prior / (1.0 - fg_prior)))
-        self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        features = self.backbone((x - self.mean) / self.std)
+        features = self.backbone(self.backbone.normalise(x, max_value=1.0))
         y = features[-1]
         for block, skip in zip(self.decoder, features[-2::-1]):
             y = block(y, skip)

@@ -47,14 +47,12 @@ class ImageNetPrior(nn.Module):
         head = imagenet_head(backbone)
         self.register_buffer("weight", head.weight.detach().clone(), persistent=False)
         self.register_buffer("bias", head.bias.detach().clone(), persistent=False)
-        self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
         self.groups = {int(k): tuple(int(i) for i in v) for k, v in groups.items()}
         self.eval()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8-range float RGB -> (N, 1000, h, w) ImageNet logits at every location."""
-        features = self.backbone(((x / 255.0) - self.mean) / self.std)[-1]
+        features = self.backbone(self.backbone.normalise(x))[-1]
         return F.conv2d(features, self.weight[:, :, None, None], self.bias)
 
 
