@@ -381,3 +381,54 @@ def test_cam_precision_options_use_the_train_stage_words_and_old_keys_still_read
     assert build_config(TrainConfig, {"bf16": True}).bf16 == "on"
     with pytest.raises(ConfigError, match="choose one of auto, on, off"):
         build_config(CamConfig, {"precision": "fp16"})
+
+
+# ------------------------------------------------------------------------------------- scale equivariance
+def test_equivariance_loss_counts_tagged_classes_only():
+    from wsss.models.classifier import equivariance_loss
+
+    target = torch.tensor([[1.0, 0.0, 0.0]])
+    logits = torch.zeros(1, 3)  # soft-margin loss of a zero logit: log 2 for every class
+    small = torch.zeros(1, 3, 2, 2)
+    resized = small.clone()
+    resized[0, 0] = 0.5  # the tagged class disagrees by 0.5 everywhere
+    resized[0, 1] = 1.0  # an untagged class: not counted
+    loss = equivariance_loss(2.0)((logits, logits, resized, small), target)
+    assert loss.item() == pytest.approx(np.log(2.0) + 2.0 * 0.5, abs=1e-6)
+    assert equivariance_loss(2.0)((logits, logits, small, small), target).item() == pytest.approx(np.log(2.0))
+
+
+def test_equivariant_training_view_is_the_classifier_at_two_scales():
+    from wsss.models.classifier import ScaleEquivariantTraining
+
+    model = _tiny_model()
+    view = ScaleEquivariantTraining(model, 0.5)
+    assert list(view.state_dict()) == list(model.state_dict())  # checkpoints keep the classifier's keys
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        logits, logits_small, resized, cams_small = view(x)
+        assert torch.allclose(logits, model(x), atol=1e-5)
+        xs = F.interpolate(x, size=(32, 48), mode="bilinear", align_corners=False)
+        assert torch.allclose(logits_small, model(xs), atol=1e-5)
+        cam = torch.relu(model.cam(model.features(xs)))
+        assert torch.allclose(cams_small, cam / (cam.amax(dim=(2, 3), keepdim=True) + 1e-5), atol=1e-5)
+        assert resized.shape == cams_small.shape == (2, 4, 2, 3)
+        assert float(resized.amax()) <= 1.0 and float(resized.amin()) >= 0.0
+    with pytest.raises(ValueError, match="scale"):
+        ScaleEquivariantTraining(model, 1.5)
+
+
+def test_train_with_equivariance_keeps_the_checkpoint_format(demo_root, tmp_path):
+    from wsss.datasets import open_dataset
+    from wsss.trainers.cam_classifier import load_classifier, train_classifier
+
+    data = open_dataset(demo_root, "train")
+    base = dict(backbone="resnet18", epochs=1, batch_size=4, crop_size=48, resize_long=(64, 80), lr=1e-3,
+                optimizer="adamw")
+    plain = load_classifier(train_classifier(data, tmp_path / "plain", CamConfig(**base)))
+    seam = load_classifier(train_classifier(data, tmp_path / "seam", CamConfig(**base, equivariance=1.0)))
+    assert list(plain.state_dict()) == list(seam.state_dict())
+    # same seed, same batches: only the loss differs, and it moved the weights
+    assert not torch.equal(plain.classifier.weight, seam.classifier.weight)
+    with pytest.raises(ConfigError, match="equivariance"):
+        train_classifier(data, tmp_path / "bad", CamConfig(**base, equivariance=1.0, equivariance_scale=1.0))

@@ -259,6 +259,10 @@ class CamConfig:
     max_minutes: typing.Optional[float] = option(
         None, "training time budget in minutes: the LR decays over it and training stops when it is spent")
     seed: int = option(0, "random seed of the classifier init and the data order")
+    equivariance: float = option(0.0, "weight of SEAM's scale-equivariance loss in classifier training: each batch is "
+                                      "also seen at --equivariance-scale and the two views' normalised CAMs should "
+                                      "agree (about 1.25x the training cost a step); 0: off")
+    equivariance_scale: float = option(0.5, "input scale of the second view of --equivariance (0..1)")
     scales: tuple[float, ...] = option((1.0, 0.5, 1.5, 2.0), "CAM inference scales")
     flip: bool = option(True, "add horizontally flipped inputs at CAM inference")
     imagenet_prior: float = option(0.0, "weight w of the ImageNet prior: a tagged class's CAM becomes (1 - w) CAM + w "

@@ -143,7 +143,8 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.T
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     with bf16_autocast(device, bf16):
         outputs = net(inputs)
-    loss = loss_fn(outputs.float(), target)
+    outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+    loss = loss_fn(outputs, target)
     if not bool(torch.isfinite(loss)):
         return loss.detach()
     optimizer.zero_grad(set_to_none=True)
@@ -172,7 +173,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches, loss_fn: Ca
         Iterations: an iterable of ``(inputs, target)`` batches, at least the steps left. Epochs: a function
         ``epoch -> iterable`` of at most ``steps_per_epoch`` batches.
     loss_fn
-        ``loss_fn(outputs float32, target) -> scalar tensor``.
+        ``loss_fn(outputs float32, target) -> scalar tensor`` (a model giving a tuple: a tuple of float32 tensors).
     lr, power, budget
         Base learning rate, the poly power, a time budget in training seconds (None or 0: none) summed over resumed
         calls (``state.elapsed``). The budget is checked after every step but a call's last; once it is spent the

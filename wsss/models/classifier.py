@@ -73,3 +73,57 @@ def build_classifier(*, num_classes: int, backbone: str = "efficientnet_lite0", 
                      output_stride: int = 16) -> CAMClassifier:
     """Builder with the project's keyword-only model signature."""
     return CAMClassifier(num_classes=num_classes, backbone=backbone, weights=weights, output_stride=output_stride)
+
+
+class ScaleEquivariantTraining(nn.Module):
+    """The training view of a :class:`CAMClassifier` for SEAM's scale-equivariance regulariser (Wang et al., CVPR
+    2020): each batch is also seen at ``scale`` times its size, and the CAMs of the full view, resized to the
+    small view's grid, should equal the small view's own CAMs.
+
+    ``forward(x)`` gives ``(logits, small-view logits, full-view CAMs resized to the small grid, small-view CAMs)``,
+    the CAMs ReLU'd and divided by their spatial maximum (as they are read at inference). The weights are the
+    wrapped classifier's: ``state_dict`` / ``load_state_dict`` are its own, so checkpoints do not change.
+    """
+
+    def __init__(self, classifier: CAMClassifier, scale: float = 0.5):
+        super().__init__()
+        if not 0.0 < scale < 1.0:
+            raise ValueError(f"equivariance scale must be in (0, 1), got {scale}")
+        self.net, self.scale = classifier, float(scale)
+
+    def state_dict(self, *args, **kwargs):
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _view(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.features(x)
+        logits = self.net.classifier(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+        cams = torch.relu(self.net.cam(features))
+        return logits, cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
+
+    def forward(self, x: torch.Tensor):
+        logits, cams = self._view(x)
+        small = nn.functional.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False,
+                                          recompute_scale_factor=False)
+        logits_small, cams_small = self._view(small)
+        resized = nn.functional.interpolate(cams, size=cams_small.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, logits_small, resized, cams_small
+
+
+def equivariance_loss(weight: float):
+    """``loss(outputs of ScaleEquivariantTraining, multi-hot target)``: the multi-label soft-margin loss of both
+    views (their mean) + ``weight`` x the mean absolute difference of the two views' normalised CAMs over the
+    image's tagged classes (untagged classes carry no map to agree on)."""
+
+    def loss(outputs, target: torch.Tensor) -> torch.Tensor:
+        logits, logits_small, resized, cams_small = outputs
+        cls = 0.5 * (nn.functional.multilabel_soft_margin_loss(logits, target)
+                     + nn.functional.multilabel_soft_margin_loss(logits_small, target))
+        mask = target[:, :, None, None]
+        pixels = cams_small.shape[-2] * cams_small.shape[-1]
+        er = ((resized - cams_small).abs() * mask).sum() / (mask.sum() * pixels).clamp(min=1.0)
+        return cls + weight * er
+
+    return loss

@@ -153,6 +153,9 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     if not ids:
         raise ConfigError(f"{dataset.root}: split {dataset.split!r} has no images to train the classifier on")
     num_classes = dataset.num_classes - 1
+    if config.equivariance < 0 or not 0.0 < config.equivariance_scale < 1.0:
+        raise ConfigError(f"--equivariance {config.equivariance}, --equivariance-scale {config.equivariance_scale}: "
+                          "give a weight >= 0 (0: off) and a scale between 0 and 1, e.g. 1.0 and 0.5")
     if config.epochs < 1 or config.batch_size < 1 or config.crop_size < 8:
         raise ConfigError(f"epochs {config.epochs}, batch_size {config.batch_size}, crop_size {config.crop_size}: "
                           "need epochs >= 1, batch_size >= 1, crop_size >= 8")
@@ -206,7 +209,13 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
                                     "log": s.rows})
         write_bytes(log_path, (LOG_HEADER + "".join(s.rows)).encode())
 
-    fit(model, optimizer, epoch_batches, F.multilabel_soft_margin_loss, lr=config.lr, epochs=config.epochs,
+    net, loss_fn = model, F.multilabel_soft_margin_loss
+    if config.equivariance > 0:  # SEAM's regulariser: the same weights, seen at two scales
+        from ..models.classifier import ScaleEquivariantTraining, equivariance_loss
+
+        net = ScaleEquivariantTraining(model, config.equivariance_scale)
+        loss_fn = equivariance_loss(config.equivariance)
+    fit(net, optimizer, epoch_batches, loss_fn, lr=config.lr, epochs=config.epochs,
         steps_per_epoch=len(data) // batch, state=state, restore_from=saved, budget=budget, device=device,
         channels_last=channels_last, bf16=bf16, save=save, on_epoch=on_epoch, desc="cam classifier",
         unit="batch", where=str(ckpt_path))
