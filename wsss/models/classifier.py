@@ -49,10 +49,13 @@ class CAMClassifier(nn.Module):
         """(N, 3, H, W) normalised images -> (N, C, h, w) features at the output stride."""
         return self.backbone(x)[-1]
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) features -> (N, K) logits (GAP then the 1x1 classifier)."""
+        return self.classifier(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) normalised images -> (N, K) logits (GAP then the 1x1 classifier)."""
-        pooled = self.features(x).mean(dim=(2, 3), keepdim=True)
-        return self.classifier(pooled).flatten(1)
+        """(N, 3, H, W) normalised images -> (N, K) logits."""
+        return self.logits(self.features(x))
 
     def cam(self, features: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
         """Class activation maps (N, K', h, w) = W[class_index] x features (no ReLU, no normalisation).
@@ -99,9 +102,8 @@ class ScaleEquivariantTraining(nn.Module):
 
     def _view(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.net.features(x)
-        logits = self.net.classifier(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
         cams = torch.relu(self.net.cam(features))
-        return logits, cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
+        return self.net.logits(features), cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
 
     def forward(self, x: torch.Tensor):
         logits, cams = self._view(x)
