@@ -432,3 +432,65 @@ def test_train_with_equivariance_keeps_the_checkpoint_format(demo_root, tmp_path
     assert not torch.equal(plain.classifier.weight, seam.classifier.weight)
     with pytest.raises(ConfigError, match="equivariance"):
         train_classifier(data, tmp_path / "bad", CamConfig(**base, equivariance=1.0, equivariance_scale=1.0))
+
+
+# ------------------------------------------------------------------------------------------------ cutmix
+def test_cutmix_pastes_the_box_and_mixes_tags_by_its_area():
+    from wsss.models.classifier import CutMixTraining, cutmix_loss
+
+    x = torch.zeros(2, 1, 10, 10)
+    x[1] = 1.0
+    perm = torch.tensor([1, 0])
+    torch.manual_seed(3)
+    mixed, lam = CutMixTraining.mix(x, perm, 0.75)
+    pasted = mixed[0, 0] == 1.0  # image 0 got a box of image 1's ones, image 1 the same box of zeros
+    assert torch.equal(pasted, mixed[1, 0] == 0.0)
+    ys, xs = torch.nonzero(pasted, as_tuple=True)
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    assert int(pasted.sum()) == int(box) > 0  # one rectangle
+    assert lam == pytest.approx(1.0 - int(box) / 100.0)
+    assert int(box) <= 25  # at most the (1 - 0.75) of the image asked for, less where clipped at the border
+    # targets: own tags weigh lam, the pasted image's 1 - lam, a class in both stays 1
+    target = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    got = cutmix_loss((logits, perm.float(), torch.tensor(0.8)), target)
+    mixed_t = torch.tensor([[0.8, 0.2, 1.0], [0.2, 0.8, 1.0]])
+    assert got.item() == pytest.approx(F.multilabel_soft_margin_loss(logits, mixed_t).item(), abs=1e-6)
+
+
+def test_cutmix_view_is_the_classifier_when_it_does_not_mix():
+    from wsss.models.classifier import CutMixTraining
+
+    model = _tiny_model()
+    x = torch.randn(3, 3, 32, 32)
+    view = CutMixTraining(model, 0.0)
+    assert list(view.state_dict()) == list(model.state_dict())
+    with torch.no_grad():
+        logits, perm, lam = view.train()(x)
+        assert torch.equal(perm, torch.arange(3)) and lam.item() == 1.0
+        assert torch.allclose(logits, model(x), atol=1e-6)
+        view.prob = 1.0
+        _, perm, lam = view.eval()(x)  # never mixes outside training
+        assert torch.equal(perm, torch.arange(3)) and lam.item() == 1.0
+        torch.manual_seed(0)
+        _, perm, lam = view.train()(x)
+        assert sorted(perm.tolist()) == [0, 1, 2] and 0.0 <= lam.item() <= 1.0
+    with pytest.raises(ValueError, match="probability"):
+        CutMixTraining(model, 1.5)
+
+
+def test_train_with_cutmix_keeps_the_checkpoint_format(demo_root, tmp_path):
+    from wsss.datasets import open_dataset
+    from wsss.trainers.cam_classifier import load_classifier, train_classifier
+
+    data = open_dataset(demo_root, "train")
+    base = dict(backbone="resnet18", epochs=1, batch_size=4, crop_size=48, resize_long=(64, 80), lr=1e-3,
+                optimizer="adamw")
+    plain = load_classifier(train_classifier(data, tmp_path / "plain", CamConfig(**base)))
+    mixed = load_classifier(train_classifier(data, tmp_path / "mix", CamConfig(**base, cutmix=1.0)))
+    assert list(plain.state_dict()) == list(mixed.state_dict())
+    assert not torch.equal(plain.classifier.weight, mixed.classifier.weight)  # the mixed batches moved the weights
+    with pytest.raises(ConfigError, match="cutmix"):
+        train_classifier(data, tmp_path / "bad", CamConfig(**base, cutmix=2.0))
+    with pytest.raises(ConfigError, match="equivariance"):
+        train_classifier(data, tmp_path / "both", CamConfig(**base, cutmix=0.5, equivariance=1.0))

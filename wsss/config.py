@@ -263,6 +263,8 @@ class CamConfig:
                                       "also seen at --equivariance-scale and the two views' normalised CAMs should "
                                       "agree (about 1.25x the training cost a step); 0: off")
     equivariance_scale: float = option(0.5, "input scale of the second view of --equivariance (0..1)")
+    cutmix: float = option(0.0, "probability that a training batch is CutMixed (a random box of each image replaced "
+                                "by another image's, the tags mixed by area); 0: off")
     scales: tuple[float, ...] = option((1.0, 0.5, 1.5, 2.0), "CAM inference scales")
     flip: bool = option(True, "add horizontally flipped inputs at CAM inference")
     imagenet_prior: float = option(0.0, "weight w of the ImageNet prior: a tagged class's CAM becomes (1 - w) CAM + w "

@@ -10,6 +10,8 @@ The classifier predicts the dataset's *foreground* classes: output index ``i`` i
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -112,6 +114,62 @@ class ScaleEquivariantTraining(nn.Module):
         logits_small, cams_small = self._view(small)
         resized = nn.functional.interpolate(cams, size=cams_small.shape[-2:], mode="bilinear", align_corners=False)
         return logits, logits_small, resized, cams_small
+
+
+class CutMixTraining(nn.Module):
+    """The training view of a :class:`CAMClassifier` with CutMix (Yun et al., ICCV 2019) for multi-label tags.
+
+    With probability ``prob`` a batch is mixed: a box covering ``1 - lam`` of the image (``lam`` uniform in
+    [0, 1], the box clipped to the image and ``lam`` recomputed from the clipped box) is pasted from the batch
+    shuffled by a random permutation. ``forward(x)`` gives ``(logits, permutation, lam)``; :func:`cutmix_loss`
+    mixes the targets the same way. Pasting an object into another scene breaks the co-occurrence a classifier
+    learns from context (a table for a bottle), which is where CAMs spread past small objects. Draws come from
+    torch's global RNG (saved in the checkpoint, so a resumed run mixes the same way). The weights are the wrapped
+    classifier's: ``state_dict`` / ``load_state_dict`` are its own, so checkpoints do not change.
+    """
+
+    def __init__(self, classifier: CAMClassifier, prob: float = 0.5):
+        super().__init__()
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"cutmix probability must be in [0, 1], got {prob}")
+        self.net, self.prob = classifier, float(prob)
+
+    def state_dict(self, *args, **kwargs):
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @staticmethod
+    def mix(x: torch.Tensor, perm: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
+        """``x`` with a box of area ``(1 - lam) h w`` centred at a uniform random point replaced by ``x[perm]``'s;
+        returns the mixed batch and the kept fraction of the clipped box (the ``lam`` the targets get)."""
+        h, w = x.shape[-2:]
+        cut = math.sqrt(1.0 - lam)
+        bh, bw = int(round(h * cut)), int(round(w * cut))
+        cy, cx = int(torch.randint(h, ()).item()), int(torch.randint(w, ()).item())
+        y0, y1 = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h)
+        x0, x1 = max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
+        mixed = x.clone()
+        mixed[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+        return mixed, 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+
+    def forward(self, x: torch.Tensor):
+        n = x.shape[0]
+        perm, lam = torch.arange(n, device=x.device), 1.0
+        if n > 1 and self.training and float(torch.rand(())) < self.prob:
+            perm = torch.randperm(n).to(x.device)
+            x, lam = self.mix(x, perm, float(torch.rand(())))
+        return self.net(x), perm, torch.tensor(lam, device=x.device)
+
+
+def cutmix_loss(outputs, target: torch.Tensor) -> torch.Tensor:
+    """Multi-label soft-margin loss of :class:`CutMixTraining`'s ``(logits, permutation, lam)`` against the mixed
+    tags ``lam target + (1 - lam) target[permutation]`` (a class in both images stays 1)."""
+    logits, perm, lam = outputs
+    perm = perm.long()
+    mixed = lam * target + (1.0 - lam) * target[perm]
+    return nn.functional.multilabel_soft_margin_loss(logits, mixed)
 
 
 def equivariance_loss(weight: float):

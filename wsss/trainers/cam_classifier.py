@@ -8,7 +8,8 @@ Images that cannot be loaded (unreadable, truncated, broken annotation) are left
 ``train_skipped.csv``; the per-image pass then lists them as failures.
 
 Augmentation (:func:`wsss.pairs.augment_tagged`): random rescale (long side drawn in ``resize_long``), random crop
-of ``crop_size`` (zero-padded when smaller), horizontal flip, colour jitter, the backbone's input normalisation.
+of ``crop_size`` (zero-padded when smaller), horizontal flip, colour jitter, the backbone's input normalisation;
+optionally CutMix across the batch (``--cutmix``, :class:`wsss.models.classifier.CutMixTraining`).
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     if config.equivariance < 0 or not 0.0 < config.equivariance_scale < 1.0:
         raise ConfigError(f"--equivariance {config.equivariance}, --equivariance-scale {config.equivariance_scale}: "
                           "give a weight >= 0 (0: off) and a scale between 0 and 1, e.g. 1.0 and 0.5")
+    if not 0.0 <= config.cutmix <= 1.0 or (config.cutmix > 0 and config.equivariance > 0):
+        raise ConfigError(f"--cutmix {config.cutmix} (with --equivariance {config.equivariance}): give a probability "
+                          "between 0 and 1, and not together with --equivariance (one training view at a time)")
     if config.epochs < 1 or config.batch_size < 1 or config.crop_size < 8:
         raise ConfigError(f"epochs {config.epochs}, batch_size {config.batch_size}, crop_size {config.crop_size}: "
                           "need epochs >= 1, batch_size >= 1, crop_size >= 8")
@@ -215,6 +219,10 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
 
         net = ScaleEquivariantTraining(model, config.equivariance_scale)
         loss_fn = equivariance_loss(config.equivariance)
+    if config.cutmix > 0:  # CutMix: boxes pasted across the batch, the tags mixed by area
+        from ..models.classifier import CutMixTraining, cutmix_loss
+
+        net, loss_fn = CutMixTraining(model, config.cutmix), cutmix_loss
     fit(net, optimizer, epoch_batches, loss_fn, lr=config.lr, epochs=config.epochs,
         steps_per_epoch=len(data) // batch, state=state, restore_from=saved, budget=budget, device=device,
         channels_last=channels_last, bf16=bf16, save=save, on_epoch=on_epoch, desc="cam classifier",
