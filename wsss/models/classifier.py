@@ -123,8 +123,9 @@ class CutMixTraining(nn.Module):
     [0, 1], the box clipped to the image and ``lam`` recomputed from the clipped box) is pasted from the batch
     shuffled by a random permutation. ``forward(x)`` gives ``(logits, permutation, lam)``; :func:`cutmix_loss`
     mixes the targets the same way. Pasting an object into another scene breaks the co-occurrence a classifier
-    learns from context (a table for a bottle), which is where CAMs spread past small objects. Draws come from
-    torch's global RNG (saved in the checkpoint, so a resumed run mixes the same way). The weights are the wrapped
+    learns from context (a table for a bottle), which is where CAMs spread past small objects (on voc-dev at P 0.5
+    the animals gained and the small indoor objects lost: bench/RESULTS.md, issue 17, session 17). Draws come from
+    torch's global RNG, whose state the classifier's checkpoint carries for resuming. The weights are the wrapped
     classifier's: ``state_dict`` / ``load_state_dict`` are its own, so checkpoints do not change.
     """
 
