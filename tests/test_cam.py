@@ -418,7 +418,7 @@ def test_equivariant_training_view_is_the_classifier_at_two_scales():
         ScaleEquivariantTraining(model, 1.5)
 
 
-def test_train_with_equivariance_keeps_the_checkpoint_format(demo_root, tmp_path):
+def test_training_views_keep_the_checkpoint_format(demo_root, tmp_path):
     from wsss.datasets import open_dataset
     from wsss.trainers.cam_classifier import load_classifier, train_classifier
 
@@ -426,13 +426,17 @@ def test_train_with_equivariance_keeps_the_checkpoint_format(demo_root, tmp_path
     base = dict(backbone="resnet18", epochs=1, batch_size=4, crop_size=48, resize_long=(64, 80), lr=1e-3,
                 optimizer="adamw")
     plain = load_classifier(train_classifier(data, tmp_path / "plain", CamConfig(**base)))
-    seam = load_classifier(train_classifier(data, tmp_path / "seam", CamConfig(**base, equivariance=1.0)))
-    assert list(plain.state_dict()) == list(seam.state_dict())
-    # same seed, same batches: only the loss differs, and it moved the weights
-    assert not torch.equal(plain.classifier.weight, seam.classifier.weight)
+    for name, view in (("seam", dict(equivariance=1.0)), ("mix", dict(cutmix=1.0))):
+        trained = load_classifier(train_classifier(data, tmp_path / name, CamConfig(**base, **view)))
+        assert list(plain.state_dict()) == list(trained.state_dict()), name
+        # same seed, same batches: only the view and its loss differ, and they moved the weights
+        assert not torch.equal(plain.classifier.weight, trained.classifier.weight), name
     with pytest.raises(ConfigError, match="equivariance"):
         train_classifier(data, tmp_path / "bad", CamConfig(**base, equivariance=1.0, equivariance_scale=1.0))
-
+    with pytest.raises(ConfigError, match="cutmix"):
+        train_classifier(data, tmp_path / "bad", CamConfig(**base, cutmix=2.0))
+    with pytest.raises(ConfigError, match="equivariance"):
+        train_classifier(data, tmp_path / "both", CamConfig(**base, cutmix=0.5, equivariance=1.0))
 
 # ------------------------------------------------------------------------------------------------ cutmix
 def test_cutmix_pastes_the_box_and_mixes_tags_by_its_area():
@@ -453,7 +457,7 @@ def test_cutmix_pastes_the_box_and_mixes_tags_by_its_area():
     # targets: own tags weigh lam, the pasted image's 1 - lam, a class in both stays 1
     target = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
-    got = cutmix_loss((logits, perm.float(), torch.tensor(0.8)), target)
+    got = cutmix_loss((logits, perm, torch.tensor(0.8)), target)
     mixed_t = torch.tensor([[0.8, 0.2, 1.0], [0.2, 0.8, 1.0]])
     assert got.item() == pytest.approx(F.multilabel_soft_margin_loss(logits, mixed_t).item(), abs=1e-6)
 
@@ -477,20 +481,3 @@ def test_cutmix_view_is_the_classifier_when_it_does_not_mix():
         assert sorted(perm.tolist()) == [0, 1, 2] and 0.0 <= lam.item() <= 1.0
     with pytest.raises(ValueError, match="probability"):
         CutMixTraining(model, 1.5)
-
-
-def test_train_with_cutmix_keeps_the_checkpoint_format(demo_root, tmp_path):
-    from wsss.datasets import open_dataset
-    from wsss.trainers.cam_classifier import load_classifier, train_classifier
-
-    data = open_dataset(demo_root, "train")
-    base = dict(backbone="resnet18", epochs=1, batch_size=4, crop_size=48, resize_long=(64, 80), lr=1e-3,
-                optimizer="adamw")
-    plain = load_classifier(train_classifier(data, tmp_path / "plain", CamConfig(**base)))
-    mixed = load_classifier(train_classifier(data, tmp_path / "mix", CamConfig(**base, cutmix=1.0)))
-    assert list(plain.state_dict()) == list(mixed.state_dict())
-    assert not torch.equal(plain.classifier.weight, mixed.classifier.weight)  # the mixed batches moved the weights
-    with pytest.raises(ConfigError, match="cutmix"):
-        train_classifier(data, tmp_path / "bad", CamConfig(**base, cutmix=2.0))
-    with pytest.raises(ConfigError, match="equivariance"):
-        train_classifier(data, tmp_path / "both", CamConfig(**base, cutmix=0.5, equivariance=1.0))

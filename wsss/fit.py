@@ -143,7 +143,9 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.T
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     with bf16_autocast(device, bf16):
         outputs = net(inputs)
-    outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+    # float32 for the loss (bf16 autocast); integer outputs (e.g. CutMix's permutation) stay as they are
+    outputs = tuple(o.float() if o.is_floating_point() else o for o in outputs) if isinstance(outputs, tuple) \
+        else outputs.float()
     loss = loss_fn(outputs, target)
     if not bool(torch.isfinite(loss)):
         return loss.detach()

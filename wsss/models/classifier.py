@@ -80,27 +80,36 @@ def build_classifier(*, num_classes: int, backbone: str = "efficientnet_lite0", 
     return CAMClassifier(num_classes=num_classes, backbone=backbone, weights=weights, output_stride=output_stride)
 
 
-class ScaleEquivariantTraining(nn.Module):
-    """The training view of a :class:`CAMClassifier` for SEAM's scale-equivariance regulariser (Wang et al., CVPR
-    2020): each batch is also seen at ``scale`` times its size, and the CAMs of the full view, resized to the
-    small view's grid, should equal the small view's own CAMs.
+class TrainingView(nn.Module):
+    """A training-time wrapper of a :class:`CAMClassifier` (``self.net``) whose ``forward`` returns what its loss
+    needs. The weights are the classifier's: ``state_dict`` / ``load_state_dict`` are its own, so checkpoints
+    written while training through a view do not change."""
 
-    ``forward(x)`` gives ``(logits, small-view logits, full-view CAMs resized to the small grid, small-view CAMs)``,
-    the CAMs ReLU'd and divided by their spatial maximum (as they are read at inference). The weights are the
-    wrapped classifier's: ``state_dict`` / ``load_state_dict`` are its own, so checkpoints do not change.
-    """
-
-    def __init__(self, classifier: CAMClassifier, scale: float = 0.5):
+    def __init__(self, classifier: CAMClassifier):
         super().__init__()
-        if not 0.0 < scale < 1.0:
-            raise ValueError(f"equivariance scale must be in (0, 1), got {scale}")
-        self.net, self.scale = classifier, float(scale)
+        self.net = classifier
 
     def state_dict(self, *args, **kwargs):
         return self.net.state_dict(*args, **kwargs)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class ScaleEquivariantTraining(TrainingView):
+    """The training view of a :class:`CAMClassifier` for SEAM's scale-equivariance regulariser (Wang et al., CVPR
+    2020): each batch is also seen at ``scale`` times its size, and the CAMs of the full view, resized to the
+    small view's grid, should equal the small view's own CAMs.
+
+    ``forward(x)`` gives ``(logits, small-view logits, full-view CAMs resized to the small grid, small-view CAMs)``,
+    the CAMs ReLU'd and divided by their spatial maximum (as they are read at inference).
+    """
+
+    def __init__(self, classifier: CAMClassifier, scale: float = 0.5):
+        super().__init__(classifier)
+        if not 0.0 < scale < 1.0:
+            raise ValueError(f"equivariance scale must be in (0, 1), got {scale}")
+        self.scale = float(scale)
 
     def _view(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.net.features(x)
@@ -116,7 +125,7 @@ class ScaleEquivariantTraining(nn.Module):
         return logits, logits_small, resized, cams_small
 
 
-class CutMixTraining(nn.Module):
+class CutMixTraining(TrainingView):
     """The training view of a :class:`CAMClassifier` with CutMix (Yun et al., ICCV 2019) for multi-label tags.
 
     With probability ``prob`` a batch is mixed: a box covering ``1 - lam`` of the image (``lam`` uniform in
@@ -125,21 +134,14 @@ class CutMixTraining(nn.Module):
     mixes the targets the same way. Pasting an object into another scene breaks the co-occurrence a classifier
     learns from context (a table for a bottle), which is where CAMs spread past small objects (on voc-dev at P 0.5
     the animals gained and the small indoor objects lost: bench/RESULTS.md, issue 17, session 17). Draws come from
-    torch's global RNG, whose state the classifier's checkpoint carries for resuming. The weights are the wrapped
-    classifier's: ``state_dict`` / ``load_state_dict`` are its own, so checkpoints do not change.
+    torch's global RNG, whose state the classifier's checkpoint carries for resuming.
     """
 
     def __init__(self, classifier: CAMClassifier, prob: float = 0.5):
-        super().__init__()
+        super().__init__(classifier)
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"cutmix probability must be in [0, 1], got {prob}")
-        self.net, self.prob = classifier, float(prob)
-
-    def state_dict(self, *args, **kwargs):
-        return self.net.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+        self.prob = float(prob)
 
     @staticmethod
     def mix(x: torch.Tensor, perm: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
@@ -168,7 +170,6 @@ def cutmix_loss(outputs, target: torch.Tensor) -> torch.Tensor:
     """Multi-label soft-margin loss of :class:`CutMixTraining`'s ``(logits, permutation, lam)`` against the mixed
     tags ``lam target + (1 - lam) target[permutation]`` (a class in both images stays 1)."""
     logits, perm, lam = outputs
-    perm = perm.long()
     mixed = lam * target + (1.0 - lam) * target[perm]
     return nn.functional.multilabel_soft_margin_loss(logits, mixed)
 
