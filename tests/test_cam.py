@@ -34,9 +34,9 @@ TINY = ["--backbone", "resnet18", "--epochs", "2", "--batch-size", "6", "--crop-
         "--lr", "0.001", "--optimizer", "adamw", "--scales", "1.0,0.5"]
 
 
-def _tiny_model(num_classes=4, seed=0):
+def _tiny_model(num_classes=4, seed=0, recam=False):
     torch.manual_seed(seed)
-    model = build_classifier(num_classes=num_classes, backbone="resnet18")
+    model = build_classifier(num_classes=num_classes, backbone="resnet18", recam=recam)
     # non-trivial BN statistics so that folding BN is really exercised
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -481,3 +481,98 @@ def test_cutmix_view_is_the_classifier_when_it_does_not_mix():
         assert sorted(perm.tolist()) == [0, 1, 2] and 0.0 <= lam.item() <= 1.0
     with pytest.raises(ValueError, match="probability"):
         CutMixTraining(model, 1.5)
+
+
+# ------------------------------------------------------------------------------------------------- ReCAM
+def test_recam_view_pools_the_features_under_each_cam_and_cams_read_both_weights():
+    from wsss.models.classifier import ReCAMTraining
+
+    model = _tiny_model(recam=True)
+    view = ReCAMTraining(model)
+    assert list(view.state_dict()) == list(model.state_dict()) and "recam.weight" in model.state_dict()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        logits, class_logits = view(x)
+        feats = model.features(x)  # (2, C, 4, 6)
+        w, w2 = model.classifier.weight[:, :, 0, 0], model.recam.weight[:, :, 0, 0]  # (4, C) each
+        assert torch.allclose(logits, feats.mean(dim=(2, 3)) @ w.t(), atol=1e-5)
+        for n in range(2):
+            for k in range(4):
+                cam = torch.relu(torch.einsum("c,chw->hw", w[k], feats[n]))
+                cam = cam / (cam.max() + 1e-5)
+                pooled = (cam[None] * feats[n]).mean(dim=(1, 2))  # (C,)
+                assert torch.allclose(class_logits[n, k], w2 @ pooled, atol=1e-4)
+        # the CAMs of a ReCAM classifier read W' * W (element-wise), ReCAM's inference
+        want = torch.einsum("kc,nchw->nkhw", w * w2, feats)
+        assert torch.allclose(model.cam(feats), want, atol=1e-4)
+        assert torch.allclose(model.cam(feats, torch.tensor([2])), want[:, 2:3], atol=1e-4)
+    with pytest.raises(ValueError, match="recam=True"):
+        ReCAMTraining(_tiny_model())
+
+
+def test_recam_loss_is_the_tagged_rows_cross_entropy_per_image():
+    from wsss.models.classifier import recam_loss
+
+    target = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    logits = torch.tensor([[1.0, -2.0, 0.5], [0.0, 2.0, -1.0]])
+    rows = torch.tensor([[[3.0, 0.0, 1.0], [9.0, 9.0, 9.0], [0.0, 1.0, 2.0]],
+                         [[5.0, 5.0, 5.0], [1.0, 2.0, 0.0], [7.0, 0.0, 0.0]]])
+    got = recam_loss(0.5)((logits, rows), target).item()
+
+    def ce(row, k):
+        return float(-torch.log_softmax(row, 0)[k])
+
+    softmax_term = (0.5 * (ce(rows[0, 0], 0) + ce(rows[0, 2], 2)) + ce(rows[1, 1], 1)) / 2  # untagged rows: none
+    want = F.multilabel_soft_margin_loss(logits, target).item() + 0.5 * softmax_term
+    assert got == pytest.approx(want, abs=1e-5)
+    # an image without tags adds nothing to the softmax term but still counts in the batch mean
+    none = torch.zeros(1, 3)
+    both = recam_loss(0.5)((torch.cat([logits, torch.zeros(1, 3)]), torch.cat([rows, rows[:1]])),
+                           torch.cat([target, none])).item()
+    bce = F.multilabel_soft_margin_loss(torch.cat([logits, torch.zeros(1, 3)]), torch.cat([target, none])).item()
+    assert both == pytest.approx(bce + 0.5 * softmax_term * 2 / 3, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_recam_fine_tunes_a_classifier_into_the_stage_and_the_walk_reads_it(demo_root, tmp_path):
+    from wsss.datasets import open_dataset
+    from wsss.io import read_json
+    from wsss.stages.refine import _input_classifier
+    from wsss.folders import StageFolder
+    from wsss.trainers.cam_classifier import load_classifier, read_checkpoint, train_classifier, train_recam
+
+    data = open_dataset(demo_root, "train")
+    base = dict(backbone="resnet18", epochs=1, batch_size=4, crop_size=48, resize_long=(64, 80), lr=1e-3,
+                optimizer="adamw")
+    plain_path = train_classifier(data, tmp_path / "plain", CamConfig(**base))
+    recam_path = train_recam(data, tmp_path / "recam", CamConfig(**base, recam_epochs=2), plain_path)
+    state = read_checkpoint(recam_path)
+    assert recam_path.name == "recam.pt" and state["complete"] and state["epoch"] == 2 and state["meta"]["recam"]
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "recam" / "recam_log.csv"))] == ["1", "2"]
+    plain, tuned = load_classifier(plain_path), load_classifier(recam_path)
+    assert plain.recam is None and tuned.recam is not None
+    assert list(tuned.state_dict()) == list(plain.state_dict()) + ["recam.weight"]
+    assert not torch.equal(plain.classifier.weight, tuned.classifier.weight)  # W was fine-tuned, not only W'
+    mtime = recam_path.stat().st_mtime_ns  # complete: reused as is
+    train_recam(data, tmp_path / "recam", CamConfig(**base, recam_epochs=2), plain_path)
+    assert recam_path.stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match="recam-weight"):
+        train_recam(data, tmp_path / "bad", CamConfig(**base, recam_epochs=1, recam_weight=0.0), plain_path)
+
+    # the stage: --checkpoint + --recam-epochs fine-tunes into the stage folder; the walk finds recam.pt there
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["seeds", "--method", "cam", "--dataset", str(demo_root), "--run", str(run), *TINY,
+                                    "--checkpoint", str(plain_path), "--recam-epochs", "1"])
+    assert res.exit_code == 0, res.output
+    stage = run / "seeds" / "cam"
+    info = read_json(stage / "stage.json")["training"]
+    assert info["trained_here"] is False and info["recam"]["epochs"] == 1 and info["recam"]["log"] == "recam_log.csv"
+    assert (stage / "recam.pt").is_file() and not (stage / "classifier.pt").exists()
+    assert _input_classifier(StageFolder(stage)) == str(stage / "recam.pt")
+    image_id = data.ids[0]
+    tags = data.load(image_id).image_labels
+    scores, class_ids = read_scores(stage / "scores" / f"{image_id}.npz")
+    want, want_ids = multiscale_cam(prepare_for_inference(load_classifier(stage / "recam.pt")),
+                                    np.asarray(data.load(image_id).image), tags, scales=(1.0, 0.5))
+    assert list(class_ids) == list(want_ids)
+    assert np.allclose(scores, want, atol=2e-3)  # the stored CAMs are the fine-tuned classifier's (float16 kept)

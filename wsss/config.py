@@ -265,6 +265,10 @@ class CamConfig:
     equivariance_scale: float = option(0.5, "input scale of the second view of --equivariance (0..1)")
     cutmix: float = option(0.0, "probability that a training batch is CutMixed (a random box of each image replaced "
                                 "by another image's, the tags mixed by area); 0: off")
+    recam_epochs: int = option(0, "ReCAM (Chen et al. 2022): fine-tune the trained classifier (or --checkpoint) this "
+                                  "many epochs with a softmax loss on the features under each tag's CAM, into "
+                                  "recam.pt; its CAMs then read W' * W (ReCAM's: 4); 0: off")
+    recam_weight: float = option(1.0, "weight of ReCAM's softmax loss beside the multi-label loss")
     scales: tuple[float, ...] = option((1.0, 0.5, 1.5, 2.0), "CAM inference scales")
     flip: bool = option(True, "add horizontally flipped inputs at CAM inference")
     imagenet_prior: float = option(0.0, "weight w of the ImageNet prior: a tagged class's CAM becomes (1 - w) CAM + w "

@@ -31,10 +31,13 @@ class CAMClassifier(nn.Module):
         wheel; on a ResNet: torchvision's download).
     output_stride : {8, 16, 32}
         Stride of the CAMs (16, IRN's, by default).
+    recam : bool
+        Carry ReCAM's softmax class predictor (Chen et al., CVPR 2022; :class:`ReCAMTraining`), a second bias-free
+        1x1 classifier ``W'``; the CAMs are then read through ``W' * W`` (element-wise), as ReCAM reads them.
     """
 
     def __init__(self, *, num_classes: int, backbone: str = "efficientnet_lite0", weights=None,
-                 output_stride: int = 16):
+                 output_stride: int = 16, recam: bool = False):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -46,6 +49,7 @@ class CAMClassifier(nn.Module):
         self.out_channels = self.backbone.channels[-1]
         self.classifier = nn.Conv2d(self.out_channels, num_classes, kernel_size=1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
+        self.recam = nn.Conv2d(self.out_channels, num_classes, kernel_size=1, bias=False) if recam else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images -> (N, C, h, w) features at the output stride."""
@@ -60,11 +64,14 @@ class CAMClassifier(nn.Module):
         return self.logits(self.features(x))
 
     def cam(self, features: torch.Tensor, class_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Class activation maps (N, K', h, w) = W[class_index] x features (no ReLU, no normalisation).
+        """Class activation maps (N, K', h, w) = W[class_index] x features (no ReLU, no normalisation); with a ReCAM
+        predictor ``W'`` the weight is ``W' * W``.
 
         ``class_index`` (classifier output indices) restricts the maps to those classes; None gives all K.
         """
         weight = self.classifier.weight
+        if self.recam is not None:
+            weight = weight * self.recam.weight
         if class_index is not None:
             weight = weight[class_index]
         return nn.functional.conv2d(features, weight.to(features.dtype))
@@ -75,9 +82,10 @@ class CAMClassifier(nn.Module):
 
 
 def build_classifier(*, num_classes: int, backbone: str = "efficientnet_lite0", weights=None,
-                     output_stride: int = 16) -> CAMClassifier:
+                     output_stride: int = 16, recam: bool = False) -> CAMClassifier:
     """Builder with the project's keyword-only model signature."""
-    return CAMClassifier(num_classes=num_classes, backbone=backbone, weights=weights, output_stride=output_stride)
+    return CAMClassifier(num_classes=num_classes, backbone=backbone, weights=weights, output_stride=output_stride,
+                         recam=recam)
 
 
 class TrainingView(nn.Module):
@@ -164,6 +172,49 @@ class CutMixTraining(TrainingView):
             perm = torch.randperm(n).to(x.device)
             x, lam = self.mix(x, perm, float(torch.rand(())))
         return self.net(x), perm, torch.tensor(lam, device=x.device)
+
+
+class ReCAMTraining(TrainingView):
+    """The training view of ReCAM (Chen et al., CVPR 2022, "Class Re-Activation Maps"): a trained classifier is
+    fine-tuned with its multi-label loss plus a softmax cross-entropy that asks, for each tagged class k, that the
+    features pooled under k's own CAM be classified as k and as no other class by the predictor ``W'``
+    (``classifier.recam``). A class map that spreads onto a co-occurring class's object pools features of both and is
+    penalised; the multi-label loss alone never sees that (both classes are present).
+
+    ``forward(x)`` gives ``(logits, predictor logits (N, K, K))``: row k of image n is ``W'`` applied to
+    ``mean_hw(cam_k * features)``, ``cam_k`` the classifier's ReLU'd CAM divided by its maximum (the plain ``W``,
+    not ``W' * W``: the predictor learns on the maps the classifier draws).
+    """
+
+    def __init__(self, classifier: CAMClassifier):
+        super().__init__(classifier)
+        if classifier.recam is None:
+            raise ValueError("ReCAMTraining needs a classifier built with recam=True (the softmax predictor W')")
+
+    def forward(self, x: torch.Tensor):
+        features = self.net.features(x)
+        logits = self.net.logits(features)
+        cams = torch.relu(nn.functional.conv2d(features, self.net.classifier.weight.to(features.dtype)))
+        cams = cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
+        pooled = torch.einsum("nkhw,nchw->nkc", cams, features) / float(features.shape[-2] * features.shape[-1])
+        return logits, pooled @ self.net.recam.weight.flatten(1).to(pooled.dtype).t()
+
+
+def recam_loss(weight: float):
+    """``loss(outputs of ReCAMTraining, multi-hot target)``: the multi-label soft-margin loss + ``weight`` x ReCAM's
+    softmax term, the cross-entropy of each tagged class's pooled row against that class, averaged over the image's
+    tagged classes and then over the batch (an image without tags adds nothing)."""
+
+    def loss(outputs, target: torch.Tensor) -> torch.Tensor:
+        logits, class_logits = outputs
+        n, k = target.shape
+        tagged = target > 0
+        ce = nn.functional.cross_entropy(class_logits.reshape(n * k, k),
+                                         torch.arange(k, device=target.device).repeat(n), reduction="none")
+        ce = (ce.view(n, k) * tagged).sum(1) / tagged.sum(1).clamp(min=1)
+        return nn.functional.multilabel_soft_margin_loss(logits, target) + weight * ce.sum() / n
+
+    return loss
 
 
 def cutmix_loss(outputs, target: torch.Tensor) -> torch.Tensor:

@@ -135,9 +135,10 @@ def _affinity_job(config: AffinityConfig, *, upstream: dict, **_):
 
 
 def _input_classifier(folder: StageFolder) -> str:
-    own = folder.path / "classifier.pt"
-    if own.is_file():
-        return str(own)
+    for name in ("recam.pt", "classifier.pt"):  # ReCAM's fine-tuned classifier made the CAMs when it is there
+        own = folder.path / name
+        if own.is_file():
+            return str(own)
     given = (folder.info.get("config") or {}).get("checkpoint")
     if given:
         return str(given)

@@ -114,22 +114,32 @@ def _boxes_or_error(sample: Sample):
 
 def _cam_info(config, *, stage_dir, dataset) -> dict:
     """``stage.json``'s ``training`` entry of a CAM stage that trained its classifier: epochs, images seen, seconds,
-    throughput and the last epoch's loss, from ``train_log.csv`` (a ``--checkpoint`` stage names the classifier)."""
-    from ..io import read_csv
-    from ..trainers.cam_classifier import TRAIN_LOG
+    throughput and the last epoch's loss, from ``train_log.csv`` (a ``--checkpoint`` stage names the classifier);
+    with ``--recam-epochs`` the same figures of the fine-tuning under ``recam``."""
+    from ..trainers.cam_classifier import RECAM_LOG, TRAIN_LOG
 
     log_path = stage_dir / TRAIN_LOG
     if config.checkpoint or not log_path.exists():
-        return {"training": {"classifier": str(config.checkpoint), "trained_here": False}}
+        info = {"classifier": str(config.checkpoint), "trained_here": False}
+    else:
+        info = {"trained_here": True, "train_split": config.train_split or dataset.split, **_log_info(log_path)}
+    if config.recam_epochs > 0 and (stage_dir / RECAM_LOG).exists():
+        info["recam"] = {"weight": config.recam_weight, **_log_info(stage_dir / RECAM_LOG)}
+    return {"training": info}
+
+
+def _log_info(log_path) -> dict:
+    """Epochs, images seen, seconds, throughput and last loss of a classifier training log."""
+    from ..io import read_csv
+
     rows = read_csv(log_path)
     if not rows:
-        return {"training": {"trained_here": True, "epochs": 0}}
+        return {"epochs": 0, "log": log_path.name}
     seconds = float(rows[-1]["train_seconds"])
     images = sum(int(r["images"]) for r in rows)
-    return {"training": {"trained_here": True, "train_split": config.train_split or dataset.split,
-                         "epochs": len(rows), "images_seen": images, "seconds": round(seconds, 1),
-                         "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
-                         "last_loss": float(rows[-1]["mean_loss"]), "log": TRAIN_LOG}}
+    return {"epochs": len(rows), "images_seen": images, "seconds": round(seconds, 1),
+            "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
+            "last_loss": float(rows[-1]["mean_loss"]), "log": log_path.name}
 
 
 def _saliency_info(config, **kwargs):
@@ -222,19 +232,23 @@ def _cam_job(config, *, stage_dir, dataset, workers=1, **_):
 
     from ..datasets import open_dataset
     from ..errors import ConfigError
-    from ..trainers.cam_classifier import train_classifier
+    from ..trainers.cam_classifier import train_classifier, train_recam
 
     if config.fg_threshold is not None and config.fg_threshold < config.bg_threshold:
         raise ConfigError(f"--fg-threshold {config.fg_threshold} is below --bg-threshold {config.bg_threshold}; "
                           "give fg >= bg")
     if not config.scales or min(config.scales) <= 0:
         raise ConfigError(f"--scales {config.scales}: give positive scales, e.g. 1.0,0.5,1.5,2.0")
+    loader_workers = 0 if workers <= 1 else min(workers, 4)
+    train_set = dataset
+    if config.train_split is not None and (not config.checkpoint or config.recam_epochs > 0):
+        train_set = open_dataset(dataset.root, config.train_split)
     if config.checkpoint:
         checkpoint = config.checkpoint
     else:
-        train_set = dataset if config.train_split is None else open_dataset(dataset.root, config.train_split)
-        checkpoint = str(train_classifier(train_set, stage_dir, config, loader_workers=0 if workers <= 1 else
-                                          min(workers, 4)))
+        checkpoint = str(train_classifier(train_set, stage_dir, config, loader_workers=loader_workers))
+    if config.recam_epochs > 0:  # ReCAM's fine-tuning of that classifier, into the stage folder
+        checkpoint = str(train_recam(train_set, stage_dir, config, checkpoint, loader_workers=loader_workers))
     if not 0.0 <= config.imagenet_prior <= 1.0:
         raise ConfigError(f"--imagenet-prior {config.imagenet_prior}: give a weight in 0..1 (0: off)")
     if config.imagenet_prior > 0 and (not config.imagenet_prior_scales or min(config.imagenet_prior_scales) <= 0):

@@ -10,6 +10,9 @@ Images that cannot be loaded (unreadable, truncated, broken annotation) are left
 Augmentation (:func:`wsss.pairs.augment_tagged`): random rescale (long side drawn in ``resize_long``), random crop
 of ``crop_size`` (zero-padded when smaller), horizontal flip, colour jitter, the backbone's input normalisation;
 optionally CutMix across the batch (``--cutmix``, :class:`wsss.models.classifier.CutMixTraining`).
+
+``--recam-epochs`` fine-tunes the trained classifier with ReCAM's softmax loss (:func:`train_recam`) into
+``recam.pt`` + ``recam_log.csv`` beside it, resumable the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "classifier.pt"
 TRAIN_LOG = "train_log.csv"
+RECAM_CHECKPOINT = "recam.pt"  # --recam-epochs: the classifier fine-tuned with ReCAM's loss (train_recam)
+RECAM_LOG = "recam_log.csv"
 SKIPPED = "train_skipped.csv"  # training images left out (image_id, reason)
 LOG_HEADER = "epoch,iterations,images,mean_loss,lr,images_per_second,epoch_seconds,train_seconds\n"
 
@@ -90,23 +95,28 @@ def load_classifier(path: str | Path, *, num_classes: int | None = None, device:
     from ..models.classifier import classifier_state
 
     model = build_classifier(num_classes=meta["num_classes"], backbone=meta["backbone"],
-                             output_stride=int(output_stride or meta.get("output_stride", 16)))
+                             output_stride=int(output_stride or meta.get("output_stride", 16)),
+                             recam=bool(meta.get("recam", False)))
     model.load_state_dict(classifier_state(state["model"]))  # checkpoints before the backbone contract too
     return model.to(device).eval()
 
 
-def _param_groups(model, config: CamConfig):
+def _param_groups(model, config: CamConfig, own_scale: float = 1.0):
+    """Optimizer groups: the backbone at lr x its scale, the classifier ``W`` at lr (both x ``own_scale``: ReCAM
+    fine-tunes them at a tenth) and a ReCAM predictor, when the model has one, at lr."""
     from ..models.backbones import backbone_lr_scale
 
     scale = backbone_lr_scale(config.backbone_lr_scale, config.weights, config.backbone)
     head = list(model.classifier.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]  # frozen layers: none
-    return [{"params": body, "lr_scale": scale}, {"params": head, "lr_scale": 1.0}]
+    predictor = [] if model.recam is None else list(model.recam.parameters())
+    own = {id(p) for p in head + predictor}
+    body = [p for p in model.parameters() if id(p) not in own and p.requires_grad]  # frozen layers: none
+    groups = [{"params": body, "lr_scale": scale * own_scale}, {"params": head, "lr_scale": own_scale}]
+    return groups + ([{"params": predictor, "lr_scale": 1.0}] if predictor else [])
 
 
-def _make_optimizer(model, config: CamConfig):
-    groups = _param_groups(model, config)
+def _make_optimizer(model, config: CamConfig, own_scale: float = 1.0):
+    groups = _param_groups(model, config, own_scale)
     if config.optimizer == "adamw":
         opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     else:
@@ -144,16 +154,8 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     and augments in that many processes.
     """
     from ..models.backbones import freeze_early_layers
-    from ..models.classifier import build_classifier, classifier_state
-    from ..runtime import resolve_speed, uses_bf16
+    from ..models.classifier import build_classifier
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / CHECKPOINT
-    ids = list(dataset.ids if ids is None else ids)
-    if not ids:
-        raise ConfigError(f"{dataset.root}: split {dataset.split!r} has no images to train the classifier on")
-    num_classes = dataset.num_classes - 1
     if config.equivariance < 0 or not 0.0 < config.equivariance_scale < 1.0:
         raise ConfigError(f"--equivariance {config.equivariance}, --equivariance-scale {config.equivariance_scale}: "
                           "give a weight >= 0 (0: off) and a scale between 0 and 1, e.g. 1.0 and 0.5")
@@ -163,12 +165,79 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     if config.epochs < 1 or config.batch_size < 1 or config.crop_size < 8:
         raise ConfigError(f"epochs {config.epochs}, batch_size {config.batch_size}, crop_size {config.crop_size}: "
                           "need epochs >= 1, batch_size >= 1, crop_size >= 8")
-    device = pick_device(config.device)
+    if config.max_minutes is not None and config.max_minutes <= 0:
+        raise ConfigError(f"max_minutes {config.max_minutes}: give a positive training budget")
     torch.manual_seed(config.seed)
-    model = build_classifier(num_classes=num_classes, backbone=config.backbone, weights=config.weights,
+    model = build_classifier(num_classes=dataset.num_classes - 1, backbone=config.backbone, weights=config.weights,
                              output_stride=config.output_stride)
     freeze_early_layers(model.backbone, config.freeze_stride)
-    optimizer = _make_optimizer(model, config)
+    net, loss_fn = model, F.multilabel_soft_margin_loss
+    if config.equivariance > 0:  # SEAM's regulariser: the same weights, seen at two scales
+        from ..models.classifier import ScaleEquivariantTraining, equivariance_loss
+
+        net = ScaleEquivariantTraining(model, config.equivariance_scale)
+        loss_fn = equivariance_loss(config.equivariance)
+    if config.cutmix > 0:  # CutMix: boxes pasted across the batch, the tags mixed by area
+        from ..models.classifier import CutMixTraining, cutmix_loss
+
+        net, loss_fn = CutMixTraining(model, config.cutmix), cutmix_loss
+    meta = {"backbone": config.backbone, "output_stride": config.output_stride, "num_classes": model.num_classes,
+            "classes": list(dataset.classes), "config": config_to_dict(config)}
+    return _fit_on_tags(dataset, ids, model, net, loss_fn, _make_optimizer(model, config), config,
+                        Path(out_dir) / CHECKPOINT, Path(out_dir) / TRAIN_LOG, epochs=config.epochs,
+                        minutes=config.max_minutes, meta=meta, desc="cam classifier", loader_workers=loader_workers)
+
+
+def train_recam(dataset: Dataset, out_dir: str | Path, config: CamConfig, base: str | Path, *,
+                ids: list[str] | None = None, loader_workers: int = 0) -> Path:
+    """ReCAM (Chen et al., CVPR 2022): fine-tune the trained classifier ``base`` for ``config.recam_epochs`` epochs
+    with the multi-label loss + ``config.recam_weight`` x the softmax loss of
+    :class:`wsss.models.classifier.ReCAMTraining` into ``out_dir/recam.pt`` (resumable like the classifier; a
+    complete one is reused); returns its path. Its CAMs are read through ``W' * W``.
+
+    Rates as ReCAM's: the new predictor at ``config.lr``, the classifier's own weights (backbone and ``W``) at a tenth
+    of their training rates, poly decay over the fine-tuning; the same augmentation, batch and frozen layers.
+    """
+    from ..models.backbones import freeze_early_layers
+    from ..models.classifier import ReCAMTraining, build_classifier, classifier_state, recam_loss
+
+    if config.recam_epochs < 1 or config.recam_weight <= 0:
+        raise ConfigError(f"--recam-epochs {config.recam_epochs}, --recam-weight {config.recam_weight}: give at "
+                          "least 1 epoch and a positive weight (ReCAM's: 4 and 1.0)")
+    saved = read_checkpoint(base)
+    meta = dict(saved["meta"])
+    if meta["num_classes"] != dataset.num_classes - 1:
+        raise ConfigError(f"{base}: classifier has {meta['num_classes']} foreground classes but the dataset has "
+                          f"{dataset.num_classes - 1}; give a classifier trained on this class list")
+    torch.manual_seed(config.seed)
+    model = build_classifier(num_classes=meta["num_classes"], backbone=meta["backbone"],
+                             output_stride=int(meta.get("output_stride", 16)), recam=True)
+    missing, unexpected = model.load_state_dict(classifier_state(saved["model"]), strict=False)
+    if unexpected or set(missing) - {"recam.weight"}:
+        raise UnsafeFileError(f"{base}: not a {meta['backbone']} classifier checkpoint (first key that does not fit: "
+                              f"{(unexpected or sorted(set(missing) - {'recam.weight'}))[0]}); retrain it")
+    freeze_early_layers(model.backbone, config.freeze_stride)
+    optimizer = _make_optimizer(model, config, own_scale=0.1)
+    meta.update(recam=True, base=str(base), recam_config=config_to_dict(config))
+    out_dir = Path(out_dir)
+    return _fit_on_tags(dataset, ids, model, ReCAMTraining(model), recam_loss(config.recam_weight), optimizer, config,
+                        out_dir / RECAM_CHECKPOINT, out_dir / RECAM_LOG, epochs=config.recam_epochs, minutes=None,
+                        meta=meta, desc="recam fine-tuning", loader_workers=loader_workers)
+
+
+def _fit_on_tags(dataset: Dataset, ids, model, net, loss_fn, optimizer, config: CamConfig, ckpt_path: Path,
+                 log_path: Path, *, epochs: int, minutes, meta: dict, desc: str, loader_workers: int) -> Path:
+    """Train ``net`` (``model`` or a training view of it) on the tags of ``ids`` with :func:`wsss.fit.fit`, one
+    checkpoint (``ckpt_path``) and one ``log_path`` row an epoch; a complete checkpoint is reused, a partial one
+    resumed; the unusable images go to ``train_skipped.csv`` beside it."""
+    from ..models.classifier import classifier_state
+    from ..runtime import resolve_speed, uses_bf16
+
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    ids = list(dataset.ids if ids is None else ids)
+    if not ids:
+        raise ConfigError(f"{dataset.root}: split {dataset.split!r} has no images to train the classifier on")
+    device = pick_device(config.device)
     saved, state = None, FitState()
     if ckpt_path.exists():
         saved = read_checkpoint(ckpt_path)
@@ -181,16 +250,11 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
     bf16 = uses_bf16(config.bf16, device)  # --bf16 applies to training and inference alike
     channels_last = resolve_speed(config.channels_last, device, "channels_last")
     ids, skipped = usable_training_ids(dataset, ids)
-    write_csv(out_dir / SKIPPED, ["image_id", "reason"], [list(s) for s in skipped])
+    write_csv(ckpt_path.parent / SKIPPED, ["image_id", "reason"], [list(s) for s in skipped])
     data = TagDataset(dataset, ids, config, (model.backbone.mean, model.backbone.std))
     batch = min(config.batch_size, len(data))
-    budget = None if config.max_minutes is None else 60.0 * config.max_minutes
-    meta = {"backbone": config.backbone, "output_stride": config.output_stride, "num_classes": num_classes,
-            "classes": list(dataset.classes), "config": config_to_dict(config), "train_ids": len(ids)}
-    log_path = out_dir / TRAIN_LOG
+    meta = {**meta, "train_ids": len(ids)}
     write_bytes(log_path, (LOG_HEADER + "".join(state.rows)).encode())  # the rows up to the checkpoint resumed from
-    if budget is not None and budget <= 0:
-        raise ConfigError(f"max_minutes {config.max_minutes}: give a positive training budget")
 
     def epoch_batches(epoch: int):  # the order of an epoch is a function of (seed, epoch): exact resume
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
@@ -213,19 +277,9 @@ def train_classifier(dataset: Dataset, out_dir: str | Path, config: CamConfig, *
                                     "log": s.rows})
         write_bytes(log_path, (LOG_HEADER + "".join(s.rows)).encode())
 
-    net, loss_fn = model, F.multilabel_soft_margin_loss
-    if config.equivariance > 0:  # SEAM's regulariser: the same weights, seen at two scales
-        from ..models.classifier import ScaleEquivariantTraining, equivariance_loss
-
-        net = ScaleEquivariantTraining(model, config.equivariance_scale)
-        loss_fn = equivariance_loss(config.equivariance)
-    if config.cutmix > 0:  # CutMix: boxes pasted across the batch, the tags mixed by area
-        from ..models.classifier import CutMixTraining, cutmix_loss
-
-        net, loss_fn = CutMixTraining(model, config.cutmix), cutmix_loss
-    fit(net, optimizer, epoch_batches, loss_fn, lr=config.lr, epochs=config.epochs,
-        steps_per_epoch=len(data) // batch, state=state, restore_from=saved, budget=budget, device=device,
-        channels_last=channels_last, bf16=bf16, save=save, on_epoch=on_epoch, desc="cam classifier",
-        unit="batch", where=str(ckpt_path))
+    fit(net, optimizer, epoch_batches, loss_fn, lr=config.lr, epochs=epochs, steps_per_epoch=len(data) // batch,
+        state=state, restore_from=saved, budget=None if minutes is None else 60.0 * minutes, device=device,
+        channels_last=channels_last, bf16=bf16, save=save, on_epoch=on_epoch, desc=desc, unit="batch",
+        where=str(ckpt_path))
     mark_complete(ckpt_path, read_checkpoint(ckpt_path))
     return ckpt_path
