@@ -135,7 +135,9 @@ def _affinity_job(config: AffinityConfig, *, upstream: dict, **_):
 
 
 def _input_classifier(folder: StageFolder) -> str:
-    for name in ("recam.pt", "classifier.pt"):  # ReCAM's fine-tuned classifier made the CAMs when it is there
+    from ..trainers.cam_classifier import CHECKPOINT, RECAM_CHECKPOINT
+
+    for name in (RECAM_CHECKPOINT, CHECKPOINT):  # ReCAM's fine-tuned classifier made the CAMs when it is there
         own = folder.path / name
         if own.is_file():
             return str(own)

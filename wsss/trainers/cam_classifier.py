@@ -80,6 +80,13 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def _check_classes(path: str | Path, meta: dict, num_classes: int) -> None:
+    """A classifier checkpoint's foreground class count must be the dataset's (:class:`ConfigError` naming both)."""
+    if meta["num_classes"] != num_classes:
+        raise ConfigError(f"{path}: classifier has {meta['num_classes']} foreground classes but the dataset has "
+                          f"{num_classes}; use a checkpoint trained on this class list or retrain")
+
+
 def load_classifier(path: str | Path, *, num_classes: int | None = None, device: torch.device | str = "cpu",
                     output_stride: int | None = None):
     """The trained :class:`CAMClassifier` from ``path`` in eval mode; ``num_classes`` (foreground) is checked.
@@ -89,9 +96,8 @@ def load_classifier(path: str | Path, *, num_classes: int | None = None, device:
 
     state = read_checkpoint(path)
     meta = state["meta"]
-    if num_classes is not None and meta["num_classes"] != num_classes:
-        raise ConfigError(f"{path}: classifier has {meta['num_classes']} foreground classes but the dataset has "
-                          f"{num_classes}; use a checkpoint trained on this class list or retrain")
+    if num_classes is not None:
+        _check_classes(path, meta, num_classes)
     from ..models.classifier import classifier_state
 
     model = build_classifier(num_classes=meta["num_classes"], backbone=meta["backbone"],
@@ -206,9 +212,7 @@ def train_recam(dataset: Dataset, out_dir: str | Path, config: CamConfig, base: 
                           "least 1 epoch and a positive weight (ReCAM's: 4 and 1.0)")
     saved = read_checkpoint(base)
     meta = dict(saved["meta"])
-    if meta["num_classes"] != dataset.num_classes - 1:
-        raise ConfigError(f"{base}: classifier has {meta['num_classes']} foreground classes but the dataset has "
-                          f"{dataset.num_classes - 1}; give a classifier trained on this class list")
+    _check_classes(base, meta, dataset.num_classes - 1)
     torch.manual_seed(config.seed)
     model = build_classifier(num_classes=meta["num_classes"], backbone=meta["backbone"],
                              output_stride=int(meta.get("output_stride", 16)), recam=True)
